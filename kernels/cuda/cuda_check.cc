@@ -1,0 +1,21 @@
+#include "kernels/cuda/cuda_check.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+namespace tandem::cuda {
+
+void ThrowIfCudaError(int code, const char* expr, const char* file, int line) {
+  if (code == cudaSuccess) return;
+  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + expr + " failed: " +
+                  cudaGetErrorName(static_cast<cudaError_t>(code)) + " (" +
+                  cudaGetErrorString(static_cast<cudaError_t>(code)) + ")");
+}
+
+void ThrowIfCublasError(int code, const char* expr, const char* file, int line) {
+  if (code == CUBLAS_STATUS_SUCCESS) return;
+  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + expr +
+                  " failed: cuBLAS status " + std::to_string(code));
+}
+
+}  // namespace tandem::cuda

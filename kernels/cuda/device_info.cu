@@ -1,0 +1,54 @@
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_info.h"
+
+#include <cuda_runtime.h>
+
+namespace tandem::cuda {
+
+std::vector<DeviceInfo> ListDevices() {
+  std::vector<DeviceInfo> devices;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return devices;
+  }
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    DeviceInfo info;
+    info.index = i;
+    info.name = prop.name;
+    info.total_memory_bytes = prop.totalGlobalMem;
+    info.compute_major = prop.major;
+    info.compute_minor = prop.minor;
+    info.multiprocessors = prop.multiProcessorCount;
+    int previous = 0;
+    if (cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(i) == cudaSuccess) {
+      size_t free_bytes = 0, total_bytes = 0;
+      if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+        info.free_memory_bytes = free_bytes;
+      }
+      cudaSetDevice(previous);
+    }
+    devices.push_back(info);
+  }
+  return devices;
+}
+
+namespace {
+__global__ void FillKernel(float* dst, size_t n, float value) {
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i < n) dst[i] = value;
+}
+}  // namespace
+
+void FillOnDevice(float* dst, size_t n, float value) {
+  if (n == 0) return;
+  constexpr int kThreads = 256;
+  unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  FillKernel<<<blocks, kThreads>>>(dst, n, value);
+  CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+}  // namespace tandem::cuda
