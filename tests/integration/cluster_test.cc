@@ -1,0 +1,226 @@
+// Black-box tests of a cluster on loopback: a real tandem-coordinator, real
+// tandem-node processes and the real `tandem` client, on a tiny model.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/process.h"
+
+namespace tandem::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(fs::temp_directory_path() /
+                        ("tandem-cluster-test-" + std::to_string(getpid())));
+    fs::create_directories(*dir_);
+    MakeModel("model", "7", "");
+    MakeModel("other-model", "8", "--hidden=96");
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static void MakeModel(const std::string& name, const std::string& seed,
+                        const std::string& extra) {
+    std::vector<std::string> argv = {"/usr/bin/python3", SourcePath("tools/make-test-model"),
+                                     "--preset",         "tiny-llama",
+                                     "--layers",         "6",
+                                     "--dtype",          "bf16",
+                                     "--seed",           seed,
+                                     "--out",            (*dir_ / name).string()};
+    if (!extra.empty()) argv.push_back(extra);
+    CommandResult r = RunCommand(argv, 300);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  static std::string Model(const std::string& name = "model") { return (*dir_ / name).string(); }
+
+  // Starts a coordinator waiting for `nodes` nodes, and those nodes.
+  void Start(int nodes, const std::string& token = "") {
+    coordinator_addr_ = "127.0.0.1:" + std::to_string(FreePort());
+    std::vector<std::string> argv = {BinaryPath("tandem-coordinator"), "--model", Model(),
+                                     "--listen", coordinator_addr_, "--nodes",
+                                     std::to_string(nodes)};
+    if (!token.empty()) argv.insert(argv.end(), {"--cluster-token", token});
+    coordinator_ = std::make_unique<Process>(argv, (*dir_ / "coordinator.log").string());
+    for (int i = 0; i < nodes; ++i) nodes_.push_back(StartNode("node" + std::to_string(i), token));
+  }
+
+  std::unique_ptr<Process> StartNode(const std::string& name, const std::string& token,
+                                     const std::string& model = "") {
+    std::vector<std::string> argv = {BinaryPath("tandem-node"),
+                                     "--coordinator", coordinator_addr_,
+                                     "--listen",      "127.0.0.1:" + std::to_string(FreePort()),
+                                     "--model",       model.empty() ? Model() : model,
+                                     "--name",        name,
+                                     "--threads",     "1",
+                                     "--kv-budget",   "64MiB"};
+    if (!token.empty()) argv.insert(argv.end(), {"--cluster-token", token});
+    return std::make_unique<Process>(argv, (*dir_ / (name + ".log")).string());
+  }
+
+  json Status() {
+    CommandResult r = RunCommand(
+        {BinaryPath("tandem"), "status", "--coordinator", coordinator_addr_, "--json"}, 20);
+    if (r.exit_code != 0) return json();
+    auto j = json::parse(r.out, nullptr, false);
+    return j.is_discarded() ? json() : j;
+  }
+
+  void WaitReady(double timeout_s = 120) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (std::chrono::steady_clock::now() < deadline) {
+      json s = Status();
+      if (s.is_object() && s.value("state", "") == "ready") return;
+      ASSERT_TRUE(coordinator_->Running()) << coordinator_->Log();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    FAIL() << "the cluster did not become ready\n" << coordinator_->Log();
+  }
+
+  json Generate(const std::string& prompt, int max_tokens, CommandResult* raw = nullptr) {
+    CommandResult r = RunCommand({BinaryPath("tandem"), "generate", "--coordinator",
+                                  coordinator_addr_, "--prompt", prompt, "--max-tokens",
+                                  std::to_string(max_tokens), "--temperature", "0", "--json"},
+                                 180);
+    if (raw) *raw = r;
+    if (r.exit_code != 0) return json();
+    return json::parse(r.out, nullptr, false);
+  }
+
+  static json RunLocal(const std::string& prompt, int max_tokens) {
+    CommandResult r =
+        RunCommand({BinaryPath("tandem"), "run", "--model", Model(), "--prompt", prompt,
+                    "--max-tokens", std::to_string(max_tokens), "--temperature", "0", "--threads",
+                    "1", "--json"},
+                   180);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json::parse(r.out, nullptr, false);
+  }
+
+  static fs::path* dir_;
+  std::string coordinator_addr_;
+  std::unique_ptr<Process> coordinator_;
+  std::vector<std::unique_ptr<Process>> nodes_;
+};
+
+fs::path* ClusterTest::dir_ = nullptr;
+
+const char* kPrompts[] = {
+    "The quick brown fox",
+    "In the beginning",
+    "Once upon a time there was a",
+    "1, 2, 3, 4,",
+    "Hello",
+    "A long prompt that goes on for a while, with commas, and more words to fill the context up",
+    "tandem",
+    "The",
+};
+
+TEST_F(ClusterTest, TwoNodesMatchOneProcess) {
+  Start(2);
+  WaitReady();
+  for (const char* prompt : {kPrompts[0], kPrompts[5]}) {
+    json local = RunLocal(prompt, 24);
+    CommandResult raw;
+    json remote = Generate(prompt, 24, &raw);
+    ASSERT_TRUE(remote.is_object()) << raw.err << coordinator_->Log();
+    EXPECT_EQ(remote["tokens"], local["tokens"]) << prompt;
+    EXPECT_EQ(remote["text"], local["text"]) << prompt;
+    EXPECT_EQ(remote["prompt_tokens"], local["prompt_tokens"]);
+  }
+  json status = Status();
+  ASSERT_TRUE(status.contains("nodes"));
+  EXPECT_EQ(status["nodes"].size(), 2u);
+}
+
+TEST_F(ClusterTest, ThreeNodesMatchOneProcess) {
+  Start(3);
+  WaitReady();
+  json local = RunLocal(kPrompts[1], 32);
+  CommandResult raw;
+  json remote = Generate(kPrompts[1], 32, &raw);
+  ASSERT_TRUE(remote.is_object()) << raw.err << coordinator_->Log();
+  EXPECT_EQ(remote["tokens"], local["tokens"]);
+}
+
+TEST_F(ClusterTest, ConcurrentRequestsEachMatchAlone) {
+  Start(2);
+  WaitReady();
+  constexpr int kRequests = 16;
+  std::vector<json> alone(kRequests);
+  auto prompt_of = [](int i) { return std::string(kPrompts[i % 8]) + (i >= 8 ? " again" : ""); };
+  auto max_tokens_of = [](int i) { return 8 + (i * 5) % 24; };
+  for (int i = 0; i < kRequests; ++i) {
+    alone[i] = Generate(prompt_of(i), max_tokens_of(i));
+    ASSERT_TRUE(alone[i].is_object()) << i;
+  }
+  std::vector<std::future<json>> together;
+  for (int i = 0; i < kRequests; ++i) {
+    together.push_back(std::async(std::launch::async,
+                                  [&, i] { return Generate(prompt_of(i), max_tokens_of(i)); }));
+  }
+  for (int i = 0; i < kRequests; ++i) {
+    json r = together[i].get();
+    ASSERT_TRUE(r.is_object()) << "request " << i << " failed";
+    EXPECT_EQ(r["tokens"], alone[i]["tokens"]) << "request " << i;
+  }
+}
+
+TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {
+  Start(2);
+  WaitReady();
+  auto pending = std::async(std::launch::async, [&] {
+    CommandResult raw;
+    Generate(kPrompts[2], 100000, &raw);
+    return raw;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  nodes_[1]->Stop(SIGKILL);
+  CommandResult r = pending.get();
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+  EXPECT_TRUE(coordinator_->Running());
+  json status = Status();
+  ASSERT_TRUE(status.is_object()) << coordinator_->Log();
+  EXPECT_NE(status.value("state", ""), "ready");
+  // New requests are refused with a reason while the pipeline is broken.
+  CommandResult refused;
+  Generate("Hello", 4, &refused);
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_FALSE(refused.err.empty());
+}
+
+TEST_F(ClusterTest, RefusesWrongTokenOtherModelAndDuplicateName) {
+  Start(1, "secret");
+  WaitReady();
+  auto wrong_token = StartNode("intruder", "not-the-secret");
+  EXPECT_NE(wrong_token->Wait(60), 0);
+  EXPECT_NE(wrong_token->Log().find("token"), std::string::npos) << wrong_token->Log();
+
+  auto other_model = StartNode("stranger", "secret", Model("other-model"));
+  EXPECT_NE(other_model->Wait(60), 0);
+  EXPECT_NE(other_model->Log().find("fingerprint"), std::string::npos) << other_model->Log();
+
+  auto duplicate = StartNode("node0", "secret");
+  EXPECT_NE(duplicate->Wait(60), 0);
+  EXPECT_NE(duplicate->Log().find("node0"), std::string::npos) << duplicate->Log();
+  EXPECT_TRUE(coordinator_->Running());
+}
+
+}  // namespace
+}  // namespace tandem::testing

@@ -1,0 +1,155 @@
+#include "tests/integration/process.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace tandem::testing {
+
+namespace {
+
+std::vector<char*> ArgvPointers(std::vector<std::string>& argv) {
+  std::vector<char*> out;
+  for (std::string& a : argv) out.push_back(a.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v) throw std::runtime_error(std::string("environment variable ") + name + " is not set");
+  return v;
+}
+
+}  // namespace
+
+Process::Process(std::vector<std::string> argv, std::string log_path)
+    : log_path_(std::move(log_path)) {
+  int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + log_path_);
+  pid_ = fork();
+  if (pid_ == 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+    setpgid(0, 0);
+    auto args = ArgvPointers(argv);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(fd);
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+}
+
+Process::~Process() {
+  if (pid_ > 0 && exit_code_ < 0) Stop(SIGKILL, 5);
+}
+
+bool Process::Running() {
+  if (exit_code_ >= 0) return false;
+  int status = 0;
+  int r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+int Process::Wait(double timeout_s) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (Running()) {
+    if (std::chrono::steady_clock::now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return exit_code_;
+}
+
+int Process::Stop(int signal, double timeout_s) {
+  if (!Running()) return exit_code_;
+  kill(pid_, signal);
+  if (Wait(timeout_s) >= 0) return exit_code_;
+  kill(pid_, SIGKILL);
+  return Wait(10);
+}
+
+std::string Process::Log() const { return ReadFile(log_path_); }
+
+CommandResult RunCommand(const std::vector<std::string>& argv_in, double timeout_s) {
+  static int counter = 0;
+  std::string base = "/tmp/tandem-cmd-" + std::to_string(getpid()) + "-" + std::to_string(++counter);
+  std::string out_path = base + ".out", err_path = base + ".err";
+  std::vector<std::string> argv = argv_in;
+  int out_fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int err_fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int pid = fork();
+  if (pid == 0) {
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, 0);
+    auto args = ArgvPointers(argv);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(out_fd);
+  close(err_fd);
+  CommandResult result;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  int status = 0;
+  while (true) {
+    int r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      break;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      result.exit_code = -1;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  result.out = ReadFile(out_path);
+  result.err = ReadFile(err_path);
+  unlink(out_path.c_str());
+  unlink(err_path.c_str());
+  return result;
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+std::string BinaryPath(const std::string& name) { return Env("TANDEM_BINARY_DIR") + "/bin/" + name; }
+std::string SourcePath(const std::string& path) { return Env("TANDEM_SOURCE_DIR") + "/" + path; }
+
+}  // namespace tandem::testing
