@@ -1,0 +1,182 @@
+#include "proto/echo_client.h"
+
+#include <chrono>
+#include <optional>
+#include <thread>
+
+#include "grpcpp/client_context.h"
+#include "proto/frame_stream.h"
+#include "proto/grpc_channel.h"
+#include "proto/hello.h"
+#include "tandem/v1/node.grpc.pb.h"
+
+namespace tandem {
+namespace {
+
+Status FromGrpc(const grpc::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(static_cast<int>(s.error_code())),
+                      absl::StrCat(what, ": ", s.error_message()));
+}
+
+class GrpcEchoConnection final : public EchoConnection {
+ public:
+  explicit GrpcEchoConnection(std::string target)
+      : target_(std::move(target)), channel_(MakeChannel(target_)), stub_(v1::Node::NewStub(channel_)) {
+    stream_ = stub_->Echo(&context_);
+  }
+  ~GrpcEchoConnection() override {
+    if (!closed_) {
+      context_.TryCancel();
+      (void)stream_->Finish();
+    }
+  }
+
+  Status Write(const v1::EchoMessage& m) override {
+    if (!stream_->Write(m)) return ClosedError("write");
+    return absl::OkStatus();
+  }
+  Status Read(v1::EchoMessage* m) override {
+    if (!stream_->Read(m)) return ClosedError("read");
+    return absl::OkStatus();
+  }
+  Status Close() override {
+    closed_ = true;
+    stream_->WritesDone();
+    return FromGrpc(stream_->Finish(), absl::StrCat("echo stream to ", target_));
+  }
+  void Cancel() override { context_.TryCancel(); }
+  void set_peer(const v1::Hello& h) { peer_ = h; }
+
+ private:
+  // The stream broke: its final status says why.
+  Status ClosedError(const std::string& op) {
+    closed_ = true;
+    grpc::Status s = stream_->Finish();
+    if (s.ok()) {
+      return absl::UnavailableError(absl::StrCat("echo stream to ", target_, " closed during ", op));
+    }
+    return FromGrpc(s, absl::StrCat("echo stream to ", target_));
+  }
+
+  std::string target_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Node::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::EchoMessage, v1::EchoMessage>> stream_;
+  bool closed_ = false;
+};
+
+// Reads replies until the frame's ack; decodes echoed chunks when asked.
+StatusOr<EchoFrameResult> AwaitAck(EchoConnection& conn, v1::EchoMode mode, std::span<uint8_t> echo_dest) {
+  std::optional<TensorDecoder> decoder;
+  EchoFrameResult result;
+  v1::EchoMessage in;
+  while (true) {
+    RETURN_IF_ERROR(conn.Read(&in));
+    switch (in.kind_case()) {
+      case v1::EchoMessage::kAck:
+        if (!in.ack().error().empty()) {
+          return absl::DataLossError(absl::StrCat("echo server refused the frame: ", in.ack().error()));
+        }
+        if (decoder.has_value()) RETURN_IF_ERROR(decoder->Finish());
+        result.ack = in.ack();
+        result.wire_bytes = in.ack().wire_bytes();
+        return result;
+      case v1::EchoMessage::kBegin:
+        if (mode == v1::ECHO_MODE_ECHO && !echo_dest.empty()) {
+          ASSIGN_OR_RETURN(TensorDecoder d, TensorDecoder::Create(in.begin().tensor(), echo_dest));
+          decoder.emplace(std::move(d));
+        }
+        break;
+      case v1::EchoMessage::kChunk:
+        if (decoder.has_value()) RETURN_IF_ERROR(decoder->DecodeChunk(in.chunk()));
+        break;
+      default:
+        return absl::DataLossError("echo: unexpected reply while waiting for an ack");
+    }
+  }
+}
+
+v1::EchoMessage BeginMessage(const v1::TensorHeader& header, v1::EchoMode mode) {
+  v1::EchoMessage m;
+  m.mutable_begin()->set_mode(mode);
+  *m.mutable_begin()->mutable_tensor() = header;
+  return m;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<EchoConnection>> ConnectGrpcEcho(const std::string& target,
+                                                          const v1::Hello& mine) {
+  auto conn = std::make_unique<GrpcEchoConnection>(target);
+  v1::EchoMessage hello;
+  *hello.mutable_hello() = mine;
+  RETURN_IF_ERROR(conn->Write(hello));
+  v1::EchoMessage reply;
+  RETURN_IF_ERROR(conn->Read(&reply));
+  if (reply.kind_case() != v1::EchoMessage::kHello) {
+    return absl::DataLossError(absl::StrCat("echo server at ", target, " did not answer with a hello"));
+  }
+  RETURN_IF_ERROR(CheckHello(mine, reply.hello()));
+  conn->set_peer(reply.hello());
+  return std::unique_ptr<EchoConnection>(std::move(conn));
+}
+
+StatusOr<EchoFrameResult> EchoFrame(EchoConnection& conn, const TensorEncoder& encoder,
+                                    v1::EchoMode mode, std::span<uint8_t> echo_dest) {
+  // In echo mode the replies flow while we still write: read them on a
+  // second thread so that neither side's flow control stalls the other.
+  std::optional<StatusOr<EchoFrameResult>> echoed;
+  std::thread reader;
+  if (mode == v1::ECHO_MODE_ECHO) {
+    reader = std::thread([&] { echoed.emplace(AwaitAck(conn, mode, echo_dest)); });
+  }
+  v1::EchoMessage msg;
+  Status sent = conn.Write(BeginMessage(encoder.header(), mode));
+  if (sent.ok()) {
+    sent = StreamChunks(encoder, [&](v1::TensorChunk& chunk) {
+      msg.mutable_chunk()->Swap(&chunk);  // no payload copy
+      return conn.Write(msg);
+    });
+  }
+  if (reader.joinable()) {
+    if (!sent.ok()) conn.Cancel();  // unblocks the reader
+    reader.join();
+    RETURN_IF_ERROR(sent);
+    return std::move(*echoed);
+  }
+  RETURN_IF_ERROR(sent);
+  return AwaitAck(conn, mode, echo_dest);
+}
+
+StatusOr<std::vector<v1::EchoMessage>> EncodeChunkMessages(const TensorEncoder& encoder) {
+  std::vector<v1::EchoMessage> out(encoder.num_chunks());
+  for (uint32_t i = 0; i < encoder.num_chunks(); ++i) {
+    RETURN_IF_ERROR(encoder.EncodeChunk(i, out[i].mutable_chunk()));
+  }
+  return out;
+}
+
+StatusOr<EchoFrameResult> EchoEncoded(EchoConnection& conn, const v1::TensorHeader& header,
+                                      const std::vector<v1::EchoMessage>& messages,
+                                      v1::EchoMode mode) {
+  RETURN_IF_ERROR(conn.Write(BeginMessage(header, mode)));
+  for (const v1::EchoMessage& m : messages) RETURN_IF_ERROR(conn.Write(m));
+  return AwaitAck(conn, mode, {});
+}
+
+StatusOr<double> EchoPing(EchoConnection& conn) {
+  v1::EchoMessage m;
+  m.set_ping(42);
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(conn.Write(m));
+  RETURN_IF_ERROR(conn.Read(&m));
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (m.kind_case() != v1::EchoMessage::kPing || m.ping() != 42) {
+    return absl::DataLossError("echo: ping answered with something else");
+  }
+  return s;
+}
+
+}  // namespace tandem

@@ -1,0 +1,129 @@
+#include "proto/echo_service.h"
+
+#include <deque>
+#include <mutex>
+
+#include "grpcpp/server_builder.h"
+#include "proto/echo_session.h"
+#include "proto/grpc_channel.h"
+
+namespace tandem {
+namespace {
+
+grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
+  return static_cast<grpc::StatusCode>(static_cast<int>(code));
+}
+
+// One read and one write may be in flight at once; replies queue up in
+// order. Reading pauses while too many replies wait (echo mode), so a peer
+// that does not read cannot make the queue grow without bound.
+class EchoReactor final : public grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage> {
+ public:
+  EchoReactor(const v1::Hello& mine, const DecodeLimits& limits) : session_(mine, limits) {
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    if (!ok) {
+      reading_done_ = true;
+      MaybeFinish(grpc::Status::OK);
+      return;
+    }
+    Status st = session_.Handle(std::move(in_), [this](v1::EchoMessage&& m) {
+      out_.push_back(std::move(m));
+    });
+    in_.Clear();
+    if (!st.ok()) {
+      reading_done_ = true;
+      MaybeFinish(grpc::Status(ToGrpcCode(st.code()), std::string(st.message())));
+      return;
+    }
+    StartNextWrite();
+    if (out_.size() < kMaxQueued) {
+      StartRead(&in_);
+    } else {
+      read_paused_ = true;
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mu_);
+    writing_ = false;
+    out_.pop_front();
+    if (!ok) {
+      out_.clear();
+      if (read_paused_) {
+        read_paused_ = false;
+        reading_done_ = true;
+      }
+      MaybeFinish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "echo: write failed"));
+      return;
+    }
+    StartNextWrite();
+    if (read_paused_ && out_.size() < kMaxQueued) {
+      read_paused_ = false;
+      StartRead(&in_);
+    }
+    if (finish_pending_) MaybeFinish(final_status_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  static constexpr size_t kMaxQueued = 8;
+
+  void StartNextWrite() {
+    if (writing_ || out_.empty() || finished_) return;
+    writing_ = true;
+    StartWrite(&out_.front());
+  }
+  // Finishes once no write is in flight and reading has stopped.
+  void MaybeFinish(grpc::Status status) {
+    if (finished_) return;
+    if (!finish_pending_) final_status_ = std::move(status);
+    finish_pending_ = true;
+    if (writing_ || !reading_done_) return;
+    finished_ = true;
+    Finish(final_status_);
+  }
+
+  std::mutex mu_;
+  EchoSession session_;
+  v1::EchoMessage in_;
+  std::deque<v1::EchoMessage> out_;
+  bool writing_ = false;
+  bool read_paused_ = false;
+  bool reading_done_ = false;
+  bool finish_pending_ = false;
+  bool finished_ = false;
+  grpc::Status final_status_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* NewEchoReactor(
+    const v1::Hello& mine, const DecodeLimits& limits) {
+  return new EchoReactor(mine, limits);
+}
+
+grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* EchoService::Echo(
+    grpc::CallbackServerContext* /*context*/) {
+  return NewEchoReactor(mine_, limits_);
+}
+
+StatusOr<GrpcEchoServer> StartGrpcEchoServer(const std::string& address, const v1::Hello& mine) {
+  GrpcEchoServer s;
+  s.service = std::make_unique<EchoService>(mine);
+  grpc::ServerBuilder builder;
+  ConfigureServerBuilder(builder);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s.port);
+  builder.RegisterService(s.service.get());
+  s.server = builder.BuildAndStart();
+  if (s.server == nullptr || s.port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", address));
+  }
+  return s;
+}
+
+}  // namespace tandem

@@ -1,0 +1,39 @@
+#pragma once
+// The Echo RPC of the Node service (tandem/v1/node.proto), used by
+// `tandem-bench comm` to measure a link. NewEchoReactor is what a Node
+// service implementation returns from Echo(); EchoService is a Node service
+// with only Echo implemented, for a standalone echo server.
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+#include "proto/tensor_codec.h"
+#include "tandem/v1/node.grpc.pb.h"
+
+namespace tandem {
+
+grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* NewEchoReactor(
+    const v1::Hello& mine, const DecodeLimits& limits);
+
+class EchoService final : public v1::Node::CallbackService {
+ public:
+  explicit EchoService(v1::Hello mine, DecodeLimits limits = {})
+      : mine_(std::move(mine)), limits_(limits) {}
+  grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* Echo(
+      grpc::CallbackServerContext* context) override;
+
+ private:
+  v1::Hello mine_;
+  DecodeLimits limits_;
+};
+
+// A running gRPC server hosting an EchoService.
+struct GrpcEchoServer {
+  std::unique_ptr<EchoService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;  // the bound port (useful with port 0)
+};
+// `address`: "host:port"; port 0 picks a free port.
+StatusOr<GrpcEchoServer> StartGrpcEchoServer(const std::string& address, const v1::Hello& mine);
+
+}  // namespace tandem

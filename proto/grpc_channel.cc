@@ -1,0 +1,42 @@
+#include "proto/grpc_channel.h"
+
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace tandem {
+namespace {
+// Activation frames are megabytes: start HTTP/2 flow control with a window
+// that holds a whole chunk instead of growing it from 64 KiB, and use large
+// HTTP/2 frames.
+template <typename Args>
+void ApplyLinkArguments(Args& args) {
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
+}
+struct BuilderArgs {
+  grpc::ServerBuilder& builder;
+  void SetInt(const char* key, int value) { builder.AddChannelArgument(key, value); }
+};
+}  // namespace
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  // A private channel per connection: streams of different links never share
+  // one HTTP/2 connection's flow-control window.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  ApplyLinkArguments(args);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+void ConfigureServerBuilder(grpc::ServerBuilder& builder) {
+  builder.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  BuilderArgs args{builder};
+  ApplyLinkArguments(args);
+}
+
+}  // namespace tandem
