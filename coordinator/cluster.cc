@@ -39,7 +39,7 @@ int64_t MsSince(Cluster::Clock::time_point t, Cluster::Clock::time_point now) {
 Cluster::Cluster(ClusterOptions options, Engine* engine)
     : options_(std::move(options)), engine_(engine) {
   hello_ = MakeHello({.role = v1::ROLE_COORDINATOR,
-                      .node_id = "coordinator",
+                      .node_id = "",
                       .model_fingerprint = options_.spec.Fingerprint(),
                       .cluster_token = options_.config.cluster_token});
   const int bits = DTypeBits(options_.spec.torch_dtype);

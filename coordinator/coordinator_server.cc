@@ -50,10 +50,11 @@ StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       .max_sequences = o.config.max_sequences,
       .prefill_chunk = std::min(o.config.max_batch_tokens, 512),
       .max_context = o.spec.max_position_embeddings,
+      .vocab_size = o.spec.vocab_size,
       .stop_ids = stop_ids,
       .tokenizer = o.tokenizer.get(),
       .hello = MakeHello({.role = v1::ROLE_COORDINATOR,
-                          .node_id = "coordinator",
+                      .node_id = "",
                           .model_fingerprint = o.spec.Fingerprint(),
                           .cluster_token = o.config.cluster_token}),
       .release =

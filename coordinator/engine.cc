@@ -213,22 +213,21 @@ void Engine::OnResult(uint64_t epoch, const v1::StepResult& result) {
                       .token = static_cast<int32_t>(t.token_id()),
                       .logprob = t.logprob()});
   }
-  // Token ids come from the network: an id outside the vocabulary fails the
-  // step rather than reaching the detokenizer.
-  if (options_.tokenizer != nullptr) {
-    for (const StepToken& t : tokens) {
-      if (!options_.tokenizer->IsValidId(t.token)) {
-        for (uint64_t id : scheduler_->Fail(result.step_id())) {
-          auto it = active_.find(id);
-          if (it == active_.end()) continue;
-          SendTo(id, it->second,
-                 ErrorResponse(absl::StrCat("the last stage returned token id ", t.token,
-                                            ", outside the vocabulary")));
-          active_.erase(it);
-        }
-        Release();
-        return;
+  // Token ids come from the network: an id outside the model's vocabulary
+  // fails the step rather than reaching the detokenizer.
+  for (const StepToken& t : tokens) {
+    if (t.token < 0 || (options_.vocab_size > 0 && t.token >= options_.vocab_size)) {
+      for (uint64_t id : scheduler_->Fail(result.step_id())) {
+        auto it = active_.find(id);
+        if (it == active_.end()) continue;
+        SendTo(id, it->second,
+               ErrorResponse(absl::StrCat("the last stage returned token id ", t.token,
+                                          ", outside the model's vocabulary of ",
+                                          options_.vocab_size)));
+        active_.erase(it);
       }
+      Release();
+      return;
     }
   }
   auto events = scheduler_->Complete(result.step_id(), tokens);
@@ -251,7 +250,9 @@ void Engine::OnResult(uint64_t epoch, const v1::StepResult& result) {
     if (e.kind == SequenceEvent::Kind::kToken) {
       r.add_token_ids(static_cast<uint32_t>(e.token));
       if (a.want_logprobs) r.add_logprobs(e.logprob);
-      const std::string piece = a.detokenizer ? a.detokenizer->Push(e.token) : std::string();
+      // Models pad their vocabulary past the tokenizer's: such ids have no text.
+      const bool has_text = a.detokenizer && options_.tokenizer->IsValidId(e.token);
+      const std::string piece = has_text ? a.detokenizer->Push(e.token) : std::string();
       StopStringMatcher::Output o = a.stops->Push(piece);
       r.mutable_text()->append(o.text);
       if (o.stopped) {

@@ -53,6 +53,7 @@ struct EngineOptions {
   int prefill_chunk = 512;      // prompt tokens of one sequence per micro-batch
   int block_size = 16;          // KV reservation granularity, tokens
   int max_context = 0;          // prompt + output limit; 0: none
+  int vocab_size = 0;             // the model's; sampled ids at or past it fail the step
   std::vector<int32_t> stop_ids;  // end-of-sequence ids
   // Turns ids into text; null: responses carry token ids only. Must outlive
   // the engine.

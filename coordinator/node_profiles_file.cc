@@ -12,7 +12,7 @@
 namespace tandem {
 
 StatusOr<double> ParseLinkRate(std::string_view text) {
-  const std::string t(absl::StripAsciiWhitespace(text));
+  const std::string t(absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size())));
   size_t end = 0;
   while (end < t.size() && (std::isdigit(static_cast<unsigned char>(t[end])) || t[end] == '.')) {
     ++end;

@@ -7,6 +7,7 @@
 #include "coordinator_test_util.h"
 #include "fake_node.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace tandem::testing {
 namespace {
@@ -224,7 +225,8 @@ TEST_F(EngineTest, ANodeThatDiesFailsInFlightRequestsAndTheCoordinatorLivesOn) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   std::string state;
   while (std::chrono::steady_clock::now() < deadline && state != "down") {
-    for (const v1::NodeStatus& n : GetStatus(address_).nodes()) {
+    const v1::ClusterStatusResponse st = GetStatus(address_);
+    for (const v1::NodeStatus& n : st.nodes()) {
       if (n.node_id() == "s1") state = n.state();
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -275,6 +277,135 @@ TEST_F(EngineTest, StatusShowsStagesAndHeartbeatFigures) {
     EXPECT_GE(n.busy_fraction(), 0.0);
     EXPECT_LE(n.busy_fraction(), 1.0);
   }
+}
+
+// Text prompts and answers through a tokenizer whose tokens are the printable
+// ASCII characters (id = code - 32) plus <eos> (95), for a model whose
+// vocabulary is padded to 100: the fake last stage answers the next id.
+class TextEngineTest : public ::testing::Test {
+ protected:
+  static constexpr int kTextVocab = 100;
+
+  void SetUp() override {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (int i = 0; i < 95; ++i) vocab[std::string(1, static_cast<char>(32 + i))] = i;
+    nlohmann::json tokenizer = {
+        {"added_tokens", {{{"id", 95}, {"content", "<eos>"}, {"special", true}}}},
+        {"normalizer", nullptr},
+        {"pre_tokenizer", nullptr},
+        {"post_processor", nullptr},
+        {"decoder", {{"type", "Fuse"}}},
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+    auto t = Tokenizer::FromJson(tokenizer.dump(), "", "ascii tokenizer");
+    ASSERT_TRUE(t.ok()) << t.status();
+    auto reference = Tokenizer::FromJson(tokenizer.dump(), "", "ascii tokenizer");
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    reference_ = std::move(reference).value();
+    auto spec = ParseModelSpec(R"({
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+      "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "torch_dtype": "float32",
+      "eos_token_id": 95})",
+                               "");
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    CoordinatorServerOptions o;
+    o.config.listen = "127.0.0.1:0";
+    o.config.nodes = 2;
+    o.spec = *spec;
+    o.tokenizer = std::move(t).value();
+    o.heartbeat_interval_ms = 100;
+    auto server = CoordinatorServer::Start(std::move(o));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(server).value();
+    address_ = "127.0.0.1:" + std::to_string(server_->port());
+    for (const char* name : {"s0", "s1"}) {
+      nodes_.push_back(std::make_unique<FakeNode>(FakeNodeOptions{
+          .name = name, .fingerprint = spec->Fingerprint(), .vocab = kTextVocab}));
+      ASSERT_TRUE(nodes_.back()->Join(address_));
+    }
+    ASSERT_TRUE(WaitForState(address_, "ready"));
+  }
+
+  struct TextAnswer {
+    std::string text;
+    std::vector<std::string> pieces;
+    std::vector<uint32_t> tokens;
+    std::string finish_reason;
+    uint32_t prompt_tokens = 0;
+    grpc::Status status;
+  };
+  TextAnswer Generate(const std::string& prompt, uint32_t max_tokens,
+                      const std::vector<std::string>& stop = {},
+                      const std::vector<uint32_t>& prompt_ids = {}) {
+    v1::GenerateRequest request;
+    if (prompt_ids.empty()) request.set_prompt(prompt);
+    for (uint32_t id : prompt_ids) request.add_prompt_token_ids(id);
+    request.set_max_tokens(max_tokens);
+    for (const std::string& s : stop) request.add_stop(s);
+    auto stub = v1::Coordinator::NewStub(MakeChannel(address_));
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, request);
+    TextAnswer a;
+    v1::GenerateResponse r;
+    while (reader->Read(&r)) {
+      if (r.prompt_tokens() > 0) a.prompt_tokens = r.prompt_tokens();
+      a.text += r.text();
+      if (!r.text().empty()) a.pieces.push_back(r.text());
+      a.tokens.insert(a.tokens.end(), r.token_ids().begin(), r.token_ids().end());
+      if (!r.finish_reason().empty()) a.finish_reason = r.finish_reason();
+    }
+    a.status = reader->Finish();
+    return a;
+  }
+
+  std::unique_ptr<Tokenizer> reference_;  // the coordinator's tokenizer, for expectations
+  std::unique_ptr<CoordinatorServer> server_;
+  std::string address_;
+  std::vector<std::unique_ptr<FakeNode>> nodes_;
+};
+
+TEST_F(TextEngineTest, StreamsDetokenizedText) {
+  TextAnswer a = Generate("abc", 5);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_EQ(a.prompt_tokens, 3u);
+  EXPECT_EQ(a.text, "defgh");
+  EXPECT_EQ(a.finish_reason, "length");
+  EXPECT_GT(a.pieces.size(), 1u) << "the answer is streamed, not sent at the end";
+}
+
+TEST_F(TextEngineTest, EndOfSequenceEndsTheTextWithoutShowingIt) {
+  TextAnswer a = Generate("xyz", 50);
+  EXPECT_EQ(a.text, "{|}~");
+  EXPECT_EQ(a.finish_reason, "stop");
+  ASSERT_FALSE(a.tokens.empty());
+  EXPECT_EQ(a.tokens.back(), 95u);  // <eos> is reported as a token, not as text
+}
+
+TEST_F(TextEngineTest, IdsPastTheTokenizerHaveNoText) {
+  TextAnswer a = Generate("", 5, {}, {96});
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_EQ(a.tokens, (std::vector<uint32_t>{97, 98, 99, 0, 1}));
+  const std::vector<int32_t> known = {0, 1};
+  EXPECT_EQ(a.text, reference_->Decode(known, /*skip_special=*/true));
+  EXPECT_FALSE(a.text.empty());
+  EXPECT_EQ(a.finish_reason, "length");
+}
+
+TEST_F(TextEngineTest, StopStringsEndTheAnswerBeforeThem) {
+  TextAnswer a = Generate("abc", 50, {"fg", "zz"});
+  EXPECT_EQ(a.text, "de");
+  EXPECT_EQ(a.finish_reason, "stop");
+  // A prefix of a stop string that does not complete is released.
+  a = Generate("abc", 4, {"gX"});
+  EXPECT_EQ(a.text, "defg");
+  EXPECT_EQ(a.finish_reason, "length");
+  // The stage was told to release the stopped sequences.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline && nodes_[1]->released().size() < 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(nodes_[1]->released().size(), 2u);
 }
 
 }  // namespace

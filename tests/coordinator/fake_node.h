@@ -24,9 +24,9 @@
 namespace tandem::testing {
 
 struct FakeNodeOptions {
-  std::string name;
-  std::string fingerprint;
-  std::string cluster_token;
+  std::string name{};
+  std::string fingerprint{};
+  std::string cluster_token{};
   uint32_t protocol_version = kProtocolVersion;
   int vocab = 1000;
   uint64_t kv_capacity_tokens = 1 << 16;

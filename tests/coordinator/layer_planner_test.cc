@@ -3,6 +3,7 @@
 #include <random>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace tandem {
@@ -74,7 +75,7 @@ TEST(LayerPlannerTest, MixedClustersOfThreeToEightNodes) {
   for (int n = 3; n <= 8; ++n) {
     std::vector<NodeProfile> nodes;
     for (int i = 0; i < n; ++i) {
-      nodes.push_back(Node("n" + std::to_string(i), speed(rng), gib(rng) * kGiB));
+      nodes.push_back(Node(absl::StrCat("n", i), speed(rng), gib(rng) * kGiB));
     }
     auto plan = PlanLayers(Model(32), nodes);
     ASSERT_TRUE(plan.ok()) << plan.status();
@@ -129,7 +130,7 @@ TEST(LayerPlannerTest, InfeasibleClusterNamesTheShortfall) {
 
 TEST(LayerPlannerTest, LargeClusterUsesTheOrderedHeuristic) {
   std::vector<NodeProfile> nodes;
-  for (int i = 0; i < 16; ++i) nodes.push_back(Node("n" + std::to_string(i), 1.0 + i % 3, 4 * kGiB));
+  for (int i = 0; i < 16; ++i) nodes.push_back(Node(absl::StrCat("n", i), 1.0 + i % 3, 4 * kGiB));
   auto plan = PlanLayers(Model(64), nodes);
   ASSERT_TRUE(plan.ok()) << plan.status();
   ExpectContiguousAndWithinMemory(*plan, 64);

@@ -6,7 +6,7 @@ namespace tandem {
 namespace {
 
 // Feeds `pieces` and returns everything emitted (with Finish when no stop).
-std::string Run(StopStringMatcher& m, const std::vector<std::string>& pieces, bool* stopped) {
+std::string Feed(StopStringMatcher& m, const std::vector<std::string>& pieces, bool* stopped) {
   std::string out;
   *stopped = false;
   for (const std::string& p : pieces) {
@@ -23,7 +23,7 @@ std::string Run(StopStringMatcher& m, const std::vector<std::string>& pieces, bo
 TEST(StopStringMatcherTest, PassesTextThroughWithoutStops) {
   StopStringMatcher m({});
   bool stopped = false;
-  EXPECT_EQ(Run(m, {"Hello", ", ", "world"}, &stopped), "Hello, world");
+  EXPECT_EQ(Feed(m, {"Hello", ", ", "world"}, &stopped), "Hello, world");
   EXPECT_FALSE(stopped);
 }
 
@@ -42,7 +42,7 @@ TEST(StopStringMatcherTest, HoldsBackAPossibleStartOfAStopString) {
 TEST(StopStringMatcherTest, StopsBeforeAStopStringSplitAcrossPieces) {
   StopStringMatcher m({"STOP"});
   bool stopped = false;
-  EXPECT_EQ(Run(m, {"one two S", "TO", "P three"}, &stopped), "one two ");
+  EXPECT_EQ(Feed(m, {"one two S", "TO", "P three"}, &stopped), "one two ");
   EXPECT_TRUE(stopped);
   EXPECT_TRUE(m.stopped());
   EXPECT_EQ(m.Push("more").text, "");
@@ -52,14 +52,14 @@ TEST(StopStringMatcherTest, StopsBeforeAStopStringSplitAcrossPieces) {
 TEST(StopStringMatcherTest, TheEarliestOfSeveralStopsWins) {
   StopStringMatcher m({"world", "lo"});
   bool stopped = false;
-  EXPECT_EQ(Run(m, {"Hello world"}, &stopped), "Hel");
+  EXPECT_EQ(Feed(m, {"Hello world"}, &stopped), "Hel");
   EXPECT_TRUE(stopped);
 }
 
 TEST(StopStringMatcherTest, ReleasesHeldTextAtTheEnd) {
   StopStringMatcher m({"</answer>"});
   bool stopped = false;
-  EXPECT_EQ(Run(m, {"x </ans"}, &stopped), "x </ans");
+  EXPECT_EQ(Feed(m, {"x </ans"}, &stopped), "x </ans");
   EXPECT_FALSE(stopped);
 }
 
@@ -75,7 +75,7 @@ TEST(StopStringMatcherTest, KeepsMultiByteCharactersWhole) {
 TEST(StopStringMatcherTest, IgnoresEmptyStopStrings) {
   StopStringMatcher m({"", "x"});
   bool stopped = false;
-  EXPECT_EQ(Run(m, {"abc"}, &stopped), "abc");
+  EXPECT_EQ(Feed(m, {"abc"}, &stopped), "abc");
   EXPECT_FALSE(stopped);
 }
 
