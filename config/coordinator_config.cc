@@ -158,8 +158,14 @@ std::vector<Field> MakeFields() {
       ScalarField<Config>("listen", "gRPC listen address host:port",
                           [](std::string_view t, Config* c) { return SetAddress(t, &c->listen); }));
   f.push_back(
-      ScalarField<Config>("http", "HTTP API listen address host:port",
-                          [](std::string_view t, Config* c) { return SetAddress(t, &c->http); }));
+      ScalarField<Config>("http", "HTTP API and dashboard listen address host:port (empty: off)",
+                          [](std::string_view t, Config* c) {
+                            if (t.empty()) {
+                              c->http.clear();
+                              return absl::OkStatus();
+                            }
+                            return SetAddress(t, &c->http);
+                          }));
   f.push_back(ScalarField<Config>("api_key", "bearer token required by the HTTP API",
                                   [](std::string_view t, Config* c) {
                                     c->api_key = std::string(t);

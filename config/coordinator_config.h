@@ -34,7 +34,7 @@ struct LinkCodec {
 
 struct CoordinatorConfig {
   std::string listen = "0.0.0.0:7100";  // gRPC: nodes register here, clients may Generate
-  std::string http = "0.0.0.0:8000";    // OpenAI-style HTTP API
+  std::string http;  // OpenAI-style HTTP API and dashboard ("host:port"); empty: off
   std::string api_key;                  // bearer token for the HTTP API; empty: open
   std::string model;                    // Hugging Face model folder (tokenizer + config)
   int nodes = 1;                        // nodes to wait for before planning

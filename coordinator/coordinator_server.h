@@ -42,6 +42,11 @@ class CoordinatorServer {
   CoordinatorServer& operator=(const CoordinatorServer&) = delete;
 
   int port() const { return port_; }
+  // For front ends hosted beside the gRPC service (the HTTP API). Valid until
+  // Shutdown(), which the front ends must not outlive.
+  Engine* engine() const { return engine_.get(); }
+  Cluster* cluster() const { return cluster_.get(); }
+  const CoordinatorServerOptions& options() const { return options_; }
   // Blocks until Shutdown() (from another thread or a signal handler thread).
   void Wait();
   // Stops serving: open streams are cancelled, running requests end with an

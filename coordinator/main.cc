@@ -5,11 +5,14 @@
 //
 // Every key of the YAML file (config/coordinator.example.yaml) is also a flag.
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <thread>
 
 #include "config/coordinator_config.h"
 #include "coordinator/coordinator_server.h"
+#include "coordinator/http/engine_http_backend.h"
+#include "coordinator/http/http_server.h"
 #include "core/cli.h"
 #include "core/logging.h"
 
@@ -39,10 +42,38 @@ int main(int argc, char** argv) {
       CoordinatorServer::Start(std::move(options).value());
   if (!server.ok()) return ReportError("tandem-coordinator", server.status());
   CoordinatorServer* s = server->get();
-  std::thread waiter([&signals, s] {
+
+  // The OpenAI-style HTTP API and dashboard, when --http is given.
+  std::unique_ptr<EngineHttpBackend> backend;
+  std::unique_ptr<HttpServer> http;
+  if (!config->http.empty()) {
+    const CoordinatorServerOptions& o = s->options();
+    EngineHttpBackendOptions bo;
+    bo.model_name = std::filesystem::path(config->model).filename().string();
+    if (bo.model_name.empty()) bo.model_name = "tandem";
+    bo.spec = &o.spec;
+    bo.tokenizer = o.tokenizer.get();
+    bo.chat_template = o.chat_template ? &*o.chat_template : nullptr;
+    bo.engine = s->engine();
+    bo.cluster = s->cluster();
+    backend = std::make_unique<EngineHttpBackend>(bo);
+    HttpServerOptions ho;
+    ho.listen = config->http;
+    ho.api_key = config->api_key;
+    StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(ho, *backend);
+    if (!started.ok()) {
+      s->Shutdown();
+      return ReportError("tandem-coordinator", started.status());
+    }
+    http = std::move(started).value();
+    spdlog::info("HTTP API and dashboard on {} (port {})", config->http, http->port());
+  }
+
+  std::thread waiter([&signals, s, &http] {
     int sig = 0;
     sigwait(&signals, &sig);
     spdlog::info("signal {}: shutting down", sig);
+    http.reset();  // before the engine it submits to
     s->Shutdown();
   });
   s->Wait();

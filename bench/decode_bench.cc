@@ -1,0 +1,198 @@
+// `tandem-bench decode`: prefill and decode speed of the CPU engine on one
+// stage holding the whole model, against this machine's memory bandwidth and
+// peak FLOP rate measured in the same run.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cli.h"
+#include "core/command.h"
+#include "kernels/cpu/roofline.h"
+#include "kernels/cpu/thread_pool.h"
+#include "nlohmann/json.hpp"
+#include "node/local_pipeline.h"
+
+namespace tandem {
+namespace {
+
+struct DecodeFlags {
+  std::string model;
+  int prompt = 512;
+  int gen = 64;
+  int threads = 0;
+  int tp = 1;
+  std::string quantize = "none";
+  int int4_group = 32;
+  double kv_budget_mb = 256;
+  bool json = false;
+};
+
+// Resident set size of this process in bytes (0 when unknown).
+size_t ResidentBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// Multiply-add FLOPs of the matrices one token passes through (lm_head
+// excluded: it runs once per sequence).
+double LayerFlopsPerToken(const ModelSpec& s) {
+  const double h = s.hidden_size;
+  const double per_layer = 2.0 * h * (2.0 * s.q_size() + 2.0 * s.kv_size()) +
+                           2.0 * 3.0 * h * s.intermediate_size;
+  return per_layer * s.num_layers;
+}
+
+Status RunDecodeBench(const DecodeFlags& f) {
+  if (f.prompt < 1 || f.gen < 1) {
+    return absl::InvalidArgumentError("--prompt and --gen must be at least 1");
+  }
+  ASSIGN_OR_RETURN(WeightQuantization quantize, ParseWeightQuantization(f.quantize));
+  double roofline_gbps = 0, peak_gflops = 0;
+  std::string simd;
+  int threads = 0;
+  {
+    cpu::ThreadPool pool(f.threads);
+    threads = pool.size();
+    roofline_gbps = cpu::MeasureMemoryBandwidthGBps(pool);
+    peak_gflops = cpu::MeasurePeakGflops(pool);
+    simd = cpu::SimdTargetName();
+  }
+  const size_t rss_before = ResidentBytes();
+  PipelineOptions options{
+      .stages = 1,
+      .stage = StageOptions{.tp = f.tp,
+                            .threads = threads,
+                            .max_batch_tokens = f.prompt,
+                            .max_batch_sequences = 1,
+                            .kv_budget_bytes = static_cast<size_t>(f.kv_budget_mb * 1048576.0),
+                            .quantize = quantize,
+                            .int4_group_size = f.int4_group}};
+  auto load_start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(f.model, options));
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  const ModelSpec& spec = pipeline->spec();
+  if (f.prompt + f.gen > static_cast<int>(pipeline->stage(0).kv_cache().num_blocks()) * kKvBlockSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--prompt + --gen = ", f.prompt + f.gen, " tokens do not fit the KV budget of ",
+        f.kv_budget_mb, " MiB; raise --kv-budget-mb"));
+  }
+
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> token_dist(0, spec.vocab_size - 1);
+  std::vector<int32_t> prompt(static_cast<size_t>(f.prompt));
+  for (int32_t& t : prompt) t = token_dist(rng);
+
+  using Clock = std::chrono::steady_clock;
+  // Prefill once to warm caches and pages, release, then measure.
+  SequenceStep step{.seq_id = 1, .start = 0, .count = f.prompt};
+  RETURN_IF_ERROR(pipeline->Step({&step, 1}, prompt).status());
+  pipeline->Release(1);
+  auto t0 = Clock::now();
+  ASSIGN_OR_RETURN(std::span<const float> logits, pipeline->Step({&step, 1}, prompt));
+  const double prefill_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  auto argmax = [&](std::span<const float> l) {
+    return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  };
+  int32_t token = argmax(logits);
+  // One untimed decode step, then `gen` timed ones.
+  step = SequenceStep{.seq_id = 1, .start = f.prompt, .count = 1};
+  ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
+  token = argmax(logits);
+  t0 = Clock::now();
+  for (int i = 0; i < f.gen; ++i) {
+    step = SequenceStep{.seq_id = 1, .start = f.prompt + 1 + i, .count = 1};
+    ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
+    token = argmax(logits);
+  }
+  const double decode_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const size_t rss = ResidentBytes();
+
+  const double decode_tps = f.gen / decode_s;
+  const double prefill_tps = f.prompt / prefill_s;
+  const double bytes_per_token = static_cast<double>(pipeline->weight_bytes_per_step());
+  const double achieved_gbps = bytes_per_token * decode_tps / 1e9;
+  const double n = f.prompt;
+  const double prefill_flops =
+      LayerFlopsPerToken(spec) * n +
+      2.0 * spec.num_layers * spec.num_heads * static_cast<double>(spec.head_dim) * n * n +
+      2.0 * spec.hidden_size * static_cast<double>(spec.vocab_size);
+  const double prefill_gflops = prefill_flops / prefill_s / 1e9;
+  const size_t weight_bytes = pipeline->stage(0).weights().weight_bytes();
+  const size_t kv_bytes = pipeline->kv_bytes();
+
+  if (f.json) {
+    nlohmann::ordered_json out = {
+        {"decode_tokens_per_s", decode_tps},
+        {"prefill_tokens_per_s", prefill_tps},
+        {"bytes_per_token", bytes_per_token},
+        {"achieved_gbps", achieved_gbps},
+        {"roofline_gbps", roofline_gbps},
+        {"roofline_fraction", achieved_gbps / roofline_gbps},
+        {"prefill_gflops", prefill_gflops},
+        {"peak_gflops", peak_gflops},
+        {"prefill_peak_fraction", prefill_gflops / peak_gflops},
+        {"resident_bytes", rss},
+        {"resident_bytes_before_load", rss_before},
+        {"weight_bytes", weight_bytes},
+        {"kv_bytes", kv_bytes},
+        {"resident_over_weights_kv", static_cast<double>(rss) / (weight_bytes + kv_bytes)},
+        {"load_s", load_s},
+        {"threads", threads},
+        {"tp", f.tp},
+        {"simd", simd},
+        {"quantize", f.quantize},
+        {"prompt", f.prompt},
+        {"gen", f.gen}};
+    std::printf("%s\n", out.dump().c_str());
+    return absl::OkStatus();
+  }
+  std::printf("model      %s\n", spec.ToString().c_str());
+  std::printf("machine    %d threads, %s, memory bandwidth %.1f GB/s, peak %.1f GFLOP/s\n",
+              threads, simd.c_str(), roofline_gbps, peak_gflops);
+  std::printf("weights    %s, %.1f MB per decoded token, load %.2f s\n", f.quantize.c_str(),
+              bytes_per_token / 1e6, load_s);
+  std::printf("prefill    %d tokens: %.1f tokens/s, %.1f GFLOP/s (%.0f%% of peak)\n", f.prompt,
+              prefill_tps, prefill_gflops, 100.0 * prefill_gflops / peak_gflops);
+  std::printf("decode     %d tokens: %.2f tokens/s, %.1f GB/s (%.0f%% of the roofline)\n", f.gen,
+              decode_tps, achieved_gbps, 100.0 * achieved_gbps / roofline_gbps);
+  std::printf("memory     resident %.1f MB = %.2f x (weights %.1f MB + KV %.1f MB)\n", rss / 1e6,
+              static_cast<double>(rss) / (weight_bytes + kv_bytes), weight_bytes / 1e6,
+              kv_bytes / 1e6);
+  return absl::OkStatus();
+}
+
+std::function<int()> SetupDecode(CLI::App& app) {
+  auto f = std::make_shared<DecodeFlags>();
+  app.add_option("--model", f->model, "model folder (Hugging Face layout)")->required();
+  app.add_option("--prompt", f->prompt, "prompt tokens (random ids)")->capture_default_str();
+  app.add_option("--gen", f->gen, "decoded tokens")->capture_default_str();
+  app.add_option("--threads", f->threads, "threads (0 = every core)")->capture_default_str();
+  app.add_option("--tp", f->tp, "tensor-parallel ranks")->capture_default_str();
+  app.add_option("--quantize", f->quantize, "none, int8 or int4")->capture_default_str();
+  app.add_option("--int4-group", f->int4_group, "int4 group size (32 or 128)")
+      ->capture_default_str();
+  app.add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache memory, MiB")->capture_default_str();
+  app.add_flag("--json", f->json, "print one JSON object");
+  return [f] {
+    Status status = RunDecodeBench(*f);
+    return status.ok() ? 0 : ReportError("tandem-bench decode", status);
+  };
+}
+
+const bool kRegistered = RegisterCommand(
+    {.name = "decode",
+     .summary = "prefill and decode speed against the memory-bandwidth roofline",
+     .setup = &SetupDecode});
+
+}  // namespace
+}  // namespace tandem

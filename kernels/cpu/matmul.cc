@@ -1,0 +1,544 @@
+// MatMul: run-time SIMD dispatch over the decode (streaming) and prefill
+// (packed-panel, register-tiled) paths. This file is compiled once per SIMD
+// target by hwy/foreach_target.h; only the HWY_ONCE part is ordinary code.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "kernels/cpu/matmul.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/matmul.cc"
+#include "hwy/foreach_target.h"  // must come before highway.h
+#include "hwy/highway.h"
+#include "hwy/cache_control.h"
+
+#ifndef TANDEM_KERNELS_CPU_MATMUL_SHARED_
+#define TANDEM_KERNELS_CPU_MATMUL_SHARED_
+namespace tandem::cpu::matmul_internal {
+
+// Below this many tokens the decode path is used: each weight row is read once
+// and multiplied with all tokens; above, weights are packed into f32 panels.
+inline constexpr int64_t kDecodeMaxTokens = 8;
+// Depth of a packed prefill panel: panel (kPanelDepth x 2 vectors of f32)
+// stays in L1 while every token of the batch passes over it.
+inline constexpr int64_t kPanelDepth = 256;
+// How far ahead of its current position the decode path prefetches each row.
+#ifndef TANDEM_PREFETCH_BYTES
+#define TANDEM_PREFETCH_BYTES 1024
+#endif
+inline constexpr int64_t kPrefetchBytes = TANDEM_PREFETCH_BYTES;
+
+inline int64_t RowBytes(const WeightMatrix& w) {
+  switch (w.dtype) {
+    case DType::kF32:
+      return w.cols * 4;
+    case DType::kF16:
+    case DType::kBF16:
+      return w.cols * 2;
+    case DType::kI8:
+      return w.cols;
+    case DType::kI4:
+      return Int4RowBytes(w.cols);
+    default:
+      CHECK_MSG(false, "MatMul: unsupported weight dtype");
+  }
+  return 0;
+}
+
+// out[0, n) = w[row][c0, c0 + n) as f32 (scales applied).
+inline void WidenRange(const WeightMatrix& w, int64_t row, int64_t c0, int64_t n, float* out) {
+  const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * RowBytes(w);
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, reinterpret_cast<const float*>(p) + c0, static_cast<size_t>(n) * 4);
+      break;
+    case DType::kF16: {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(p) + c0;
+      for (int64_t i = 0; i < n; ++i) out[i] = F16ToF32(Float16{s[i]});
+      break;
+    }
+    case DType::kBF16: {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(p) + c0;
+      for (int64_t i = 0; i < n; ++i) out[i] = BitsToFloat(static_cast<uint32_t>(s[i]) << 16);
+      break;
+    }
+    case DType::kI8: {
+      const int8_t* s = reinterpret_cast<const int8_t*>(p) + c0;
+      const float scale = w.scales[row];
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(s[i]) * scale;
+      break;
+    }
+    case DType::kI4: {
+      const float* scales = w.scales + row * Int4NumGroups(w.cols, w.group_size);
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t c = c0 + i;
+        out[i] = static_cast<float>(Int4Get(p, static_cast<size_t>(c))) * scales[c / w.group_size];
+      }
+      break;
+    }
+    default:
+      CHECK_MSG(false, "MatMul: unsupported weight dtype");
+  }
+}
+
+// Per-thread scratch that only grows, so steady-state calls never allocate.
+inline float* Scratch(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+}  // namespace tandem::cpu::matmul_internal
+#endif  // TANDEM_KERNELS_CPU_MATMUL_SHARED_
+
+HWY_BEFORE_NAMESPACE();
+namespace tandem::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using namespace matmul_internal;  // NOLINT(build/namespaces)
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// ---------------------------------------------------------------- decode path
+
+// Lanes(df) consecutive weights of a row starting at column c, as f32 (int8:
+// the raw integers; the row scale is applied after the reduction).
+template <DType kType>
+HWY_INLINE VF LoadWeights(DF df, const uint8_t* row, int64_t c) {
+  if constexpr (kType == DType::kF32) {
+    return hn::LoadU(df, reinterpret_cast<const float*>(row) + c);
+  } else if constexpr (kType == DType::kBF16) {
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::RebindToUnsigned<DF> du32;
+    const auto wide = hn::PromoteTo(du32, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(row) + c));
+    return hn::BitCast(df, hn::ShiftLeft<16>(wide));
+  } else if constexpr (kType == DType::kF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + c));
+  } else {
+    static_assert(kType == DType::kI8);
+    const hn::Rebind<int8_t, DF> d8;
+    const hn::RebindToSigned<DF> di32;
+    return hn::ConvertTo(df, hn::PromoteTo(di32, hn::LoadU(d8, reinterpret_cast<const int8_t*>(row) + c)));
+  }
+}
+
+template <DType kType>
+constexpr size_t WeightBytes() {
+  return kType == DType::kF32 ? 4 : (kType == DType::kI8 ? 1 : 2);
+}
+
+template <DType kType>
+HWY_INLINE float WeightScalar(const uint8_t* row, int64_t c) {
+  if constexpr (kType == DType::kF32) {
+    return reinterpret_cast<const float*>(row)[c];
+  } else if constexpr (kType == DType::kBF16) {
+    return BitsToFloat(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[c]) << 16);
+  } else if constexpr (kType == DType::kF16) {
+    return F16ToF32(Float16{reinterpret_cast<const uint16_t*>(row)[c]});
+  } else {
+    return static_cast<float>(reinterpret_cast<const int8_t*>(row)[c]);
+  }
+}
+
+// y[t0 + t][r0 + r] for r < R, t < TT: R weight rows streamed once against TT
+// tokens. x: [T, cols]; y: [T, ldy].
+template <DType kType, int R, int TT>
+HWY_NOINLINE void DecodeTile(const WeightMatrix& w, int64_t r0, const float* x, int64_t t0,
+                             const float* bias, float* y, int64_t ldy) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t cols = w.cols;
+  const int64_t row_bytes = RowBytes(w);
+  const uint8_t* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * row_bytes;
+  const float* xs[TT];
+  for (int t = 0; t < TT; ++t) xs[t] = x + (t0 + t) * cols;
+
+  VF acc[R][TT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = hn::Zero(df);
+  // One cache line of every row per unrolled step, with a software prefetch
+  // kPrefetchBytes ahead: keeps enough lines in flight to saturate DRAM.
+  constexpr int64_t kUnroll = std::max<int64_t>(
+      1, 64 / static_cast<int64_t>(hn::MaxLanes(DF()) * WeightBytes<kType>()));
+  int64_t c = 0;
+  for (; c + kUnroll * N <= cols; c += kUnroll * N) {
+    for (int r = 0; r < R; ++r) hwy::Prefetch(rows[r] + c * WeightBytes<kType>() + kPrefetchBytes);
+    for (int64_t u = 0; u < kUnroll; ++u) {
+      VF xv[TT];
+      for (int t = 0; t < TT; ++t) xv[t] = hn::LoadU(df, xs[t] + c + u * N);
+      for (int r = 0; r < R; ++r) {
+        const VF wv = LoadWeights<kType>(df, rows[r], c + u * N);
+        for (int t = 0; t < TT; ++t) acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
+      }
+    }
+  }
+  for (; c + N <= cols; c += N) {
+    VF xv[TT];
+    for (int t = 0; t < TT; ++t) xv[t] = hn::LoadU(df, xs[t] + c);
+    for (int r = 0; r < R; ++r) {
+      const VF wv = LoadWeights<kType>(df, rows[r], c);
+      for (int t = 0; t < TT; ++t) acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      float s = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+      for (int64_t k = c; k < cols; ++k) s += WeightScalar<kType>(rows[r], k) * xs[t][k];
+      if constexpr (kType == DType::kI8) s *= w.scales[r0 + r];
+      if (bias != nullptr) s += bias[r0 + r];
+      y[(t0 + t) * ldy + r0 + r] = s;
+    }
+  }
+}
+
+// int4: x has been permuted (PermuteForInt4) so that within each block of
+// 2 * Lanes columns of the full-group region the even columns (scaled by
+// 2^-28) come first, then the odd ones, matching the low/high nibble split of
+// one vector of bytes. Columns past the last full group are in their natural order.
+template <int R, int TT>
+HWY_NOINLINE void DecodeTileI4(const WeightMatrix& w, int64_t r0, const float* xp, int64_t t0,
+                               int64_t full_groups, const float* bias, float* y, int64_t ldy) {
+  const DF df;
+  const hn::RebindToSigned<DF> di32;
+  const hn::Rebind<int8_t, DF> d8;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t cols = w.cols;
+  const int64_t g = w.group_size;
+  const int64_t num_groups = Int4NumGroups(cols, w.group_size);
+  const int64_t row_bytes = Int4RowBytes(cols);
+  const uint8_t* rows[R];
+  const float* scales[R];
+  for (int r = 0; r < R; ++r) {
+    rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * row_bytes;
+    scales[r] = w.scales + (r0 + r) * num_groups;
+  }
+  const float* xs[TT];
+  for (int t = 0; t < TT; ++t) xs[t] = xp + (t0 + t) * cols;
+
+  VF acc[R][TT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = hn::Zero(df);
+  for (int64_t gi = 0; gi < full_groups; ++gi) {
+    VF gacc[R][TT];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < TT; ++t) gacc[r][t] = hn::Zero(df);
+    for (int64_t c = gi * g; c < (gi + 1) * g; c += 2 * N) {
+      VF xe[TT], xo[TT];
+      for (int t = 0; t < TT; ++t) {
+        xe[t] = hn::LoadU(df, xs[t] + c);
+        xo[t] = hn::LoadU(df, xs[t] + c + N);
+      }
+      for (int r = 0; r < R; ++r) {
+        // Byte b = 16 * hi + (lo & 15) sign-extended: b >> 4 (arithmetic) is
+        // the high nibble; b << 28 is the low nibble times 2^28, which the
+        // permuted even columns of x carry as 2^-28 (PermuteForInt4).
+        const auto bytes = hn::PromoteTo(di32, hn::LoadU(d8, reinterpret_cast<const int8_t*>(rows[r]) + c / 2));
+        const VF lo = hn::ConvertTo(df, hn::ShiftLeft<28>(bytes));
+        const VF hi = hn::ConvertTo(df, hn::ShiftRight<4>(bytes));
+        for (int t = 0; t < TT; ++t) {
+          gacc[r][t] = hn::MulAdd(lo, xe[t], gacc[r][t]);
+          gacc[r][t] = hn::MulAdd(hi, xo[t], gacc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const VF sv = hn::Set(df, scales[r][gi]);
+      for (int t = 0; t < TT; ++t) acc[r][t] = hn::MulAdd(gacc[r][t], sv, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      float s = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+      for (int64_t k = full_groups * g; k < cols; ++k) {
+        s += static_cast<float>(Int4Get(rows[r], static_cast<size_t>(k))) * scales[r][k / g] *
+             xs[t][k];
+      }
+      if (bias != nullptr) s += bias[r0 + r];
+      y[(t0 + t) * ldy + r0 + r] = s;
+    }
+  }
+}
+
+constexpr int kDecodeRows = 8;
+
+template <DType kType, int TT>
+HWY_INLINE void DecodeRowsTT(const WeightMatrix& w, int64_t r0, int64_t nr, const float* x,
+                             int64_t t0, int64_t full_groups, const float* bias, float* y) {
+  if constexpr (kType == DType::kI4) {
+    if (nr == kDecodeRows) {
+      DecodeTileI4<kDecodeRows, TT>(w, r0, x, t0, full_groups, bias, y, w.rows);
+    } else {
+      for (int64_t r = r0; r < r0 + nr; ++r) DecodeTileI4<1, TT>(w, r, x, t0, full_groups, bias, y, w.rows);
+    }
+  } else {
+    (void)full_groups;
+    if (nr == kDecodeRows) {
+      DecodeTile<kType, kDecodeRows, TT>(w, r0, x, t0, bias, y, w.rows);
+    } else {
+      for (int64_t r = r0; r < r0 + nr; ++r) DecodeTile<kType, 1, TT>(w, r, x, t0, bias, y, w.rows);
+    }
+  }
+}
+
+template <DType kType>
+void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                   const float* bias, float* y, int64_t full_groups) {
+  const int64_t num_blocks = (w.rows + kDecodeRows - 1) / kDecodeRows;
+  // int4 keeps a per-group accumulator beside the running sum: fewer tokens per tile.
+  constexpr int kMaxTT = kType == DType::kI4 ? 1 : 2;
+  // Several chunks per thread, handed out dynamically: a thread that the OS
+  // delays does not hold the others back.
+  const int64_t chunk = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
+  pool.ParallelFor(num_blocks, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kDecodeRows;
+      const int64_t nr = std::min<int64_t>(kDecodeRows, w.rows - r0);
+      for (int64_t t0 = 0; t0 < T;) {
+        const int64_t tt = std::min<int64_t>(kMaxTT, T - t0);
+        switch (tt) {
+          case 1:
+            DecodeRowsTT<kType, 1>(w, r0, nr, x, t0, full_groups, bias, y);
+            break;
+          case 2:
+            DecodeRowsTT<kType, 2>(w, r0, nr, x, t0, full_groups, bias, y);
+            break;
+          case 3:
+            if constexpr (kMaxTT >= 3) DecodeRowsTT<kType, 3>(w, r0, nr, x, t0, full_groups, bias, y);
+            break;
+          default:
+            if constexpr (kMaxTT >= 4) DecodeRowsTT<kType, 4>(w, r0, nr, x, t0, full_groups, bias, y);
+            break;
+        }
+        t0 += tt;
+      }
+    }
+  }, chunk);
+}
+
+// The low nibbles are multiplied as q * 2^28 (one shift instead of two), so
+// the even columns of x enter as x * 2^-28 (exact unless |x| < 2^-98).
+constexpr float kLowNibbleScale = 1.0f / 268435456.0f;
+
+// xp[t] = x[t] with each block of 2 * Lanes columns in the first
+// full_groups * group_size columns reordered evens-then-odds.
+void PermuteForInt4(const float* x, int64_t T, int64_t cols, int64_t permuted_cols, float* xp) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* src = x + t * cols;
+    float* dst = xp + t * cols;
+    for (int64_t b = 0; b < permuted_cols; b += 2 * N) {
+      for (int64_t j = 0; j < N; ++j) {
+        dst[b + j] = src[b + 2 * j] * kLowNibbleScale;  // exact: a power of two
+        dst[b + N + j] = src[b + 2 * j + 1];
+      }
+    }
+    std::memcpy(dst + permuted_cols, src + permuted_cols,
+                static_cast<size_t>(cols - permuted_cols) * sizeof(float));
+  }
+}
+
+void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                  const float* bias, float* y) {
+  switch (w.dtype) {
+    case DType::kF32:
+      return DecodeMatMulT<DType::kF32>(pool, x, T, w, bias, y, 0);
+    case DType::kF16:
+      return DecodeMatMulT<DType::kF16>(pool, x, T, w, bias, y, 0);
+    case DType::kBF16:
+      return DecodeMatMulT<DType::kBF16>(pool, x, T, w, bias, y, 0);
+    case DType::kI8:
+      return DecodeMatMulT<DType::kI8>(pool, x, T, w, bias, y, 0);
+    case DType::kI4: {
+      const DF df;
+      const int64_t step = 2 * static_cast<int64_t>(hn::Lanes(df));
+      const int64_t full_groups = w.group_size % step == 0 ? w.cols / w.group_size : 0;
+      static thread_local std::vector<float> permuted;
+      float* xp = Scratch(permuted, static_cast<size_t>(T * w.cols));
+      PermuteForInt4(x, T, w.cols, full_groups * w.group_size, xp);
+      return DecodeMatMulT<DType::kI4>(pool, xp, T, w, bias, y, full_groups);
+    }
+    default:
+      CHECK_MSG(false, "MatMul: unsupported weight dtype");
+  }
+}
+
+// --------------------------------------------------------------- prefill path
+
+// Tokens per register tile: MT x 2 vectors of accumulators must fit in the
+// register file beside two weight vectors and a broadcast.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL || HWY_TARGET == HWY_NEON
+constexpr int kPrefillTokens = 12;
+#else
+constexpr int kPrefillTokens = 6;
+#endif
+
+// y[m][0, nr) (+)= sum_k x[m][k] * panel[k][0, nr) for m < MT.
+// panel: [kc, 2 * Lanes] f32; x: rows of stride ldx; y: rows of stride ldy.
+template <int MT>
+HWY_NOINLINE void PanelKernel(const float* HWY_RESTRICT panel, const float* HWY_RESTRICT x,
+                              int64_t ldx, int64_t kc, float* HWY_RESTRICT y, int64_t ldy,
+                              int64_t nr, bool accumulate) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  VF c0[MT], c1[MT];
+  for (int m = 0; m < MT; ++m) {
+    c0[m] = hn::Zero(df);
+    c1[m] = hn::Zero(df);
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const VF w0 = hn::LoadU(df, panel + k * 2 * N);
+    const VF w1 = hn::LoadU(df, panel + k * 2 * N + N);
+    for (int m = 0; m < MT; ++m) {
+      const VF xb = hn::Set(df, x[m * ldx + k]);
+      c0[m] = hn::MulAdd(w0, xb, c0[m]);
+      c1[m] = hn::MulAdd(w1, xb, c1[m]);
+    }
+  }
+  if (nr == 2 * N) {
+    for (int m = 0; m < MT; ++m) {
+      float* yr = y + m * ldy;
+      if (accumulate) {
+        c0[m] = hn::Add(c0[m], hn::LoadU(df, yr));
+        c1[m] = hn::Add(c1[m], hn::LoadU(df, yr + N));
+      }
+      hn::StoreU(c0[m], df, yr);
+      hn::StoreU(c1[m], df, yr + N);
+    }
+  } else {
+    HWY_ALIGN float tmp[2 * hn::MaxLanes(df)];
+    for (int m = 0; m < MT; ++m) {
+      float* yr = y + m * ldy;
+      hn::Store(c0[m], df, tmp);
+      hn::Store(c1[m], df, tmp + N);
+      for (int64_t j = 0; j < nr; ++j) yr[j] = accumulate ? yr[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+template <int MT>
+HWY_INLINE void PanelKernelUpTo(int64_t mt, const float* panel, const float* x, int64_t ldx,
+                                int64_t kc, float* y, int64_t ldy, int64_t nr, bool accumulate) {
+  if constexpr (MT > 0) {
+    if (mt == MT) return PanelKernel<MT>(panel, x, ldx, kc, y, ldy, nr, accumulate);
+    return PanelKernelUpTo<MT - 1>(mt, panel, x, ldx, kc, y, ldy, nr, accumulate);
+  }
+}
+
+// Work unit: a strip of up to kMaxStripPanels panels (2 * Lanes rows each).
+// For each depth block the strip's panels are packed together (they stay in
+// L2), then every token tile is multiplied with all of them, so a tile of x
+// is loaded into L1 once per strip rather than once per panel.
+constexpr int64_t kMaxStripPanels = 8;
+constexpr int64_t kTileStride = kPanelDepth + 16;  // floats between token rows of a packed tile
+
+void PrefillMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                   const float* bias, float* y) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t panel_rows = 2 * N;
+  const int64_t num_panels = (w.rows + panel_rows - 1) / panel_rows;
+  // Enough strips for every thread to get about two.
+  const int64_t strip_panels =
+      std::clamp<int64_t>(num_panels / (2 * pool.size()), 1, kMaxStripPanels);
+  const int64_t num_strips = (num_panels + strip_panels - 1) / strip_panels;
+  const int64_t cols = w.cols;
+  const int64_t panel_floats = kPanelDepth * panel_rows;
+  pool.ParallelFor(
+      num_strips,
+      [&](int64_t s0, int64_t s1) {
+        static thread_local std::vector<float> panel_storage, row_storage, tile_storage;
+        float* panels = Scratch(panel_storage, static_cast<size_t>(kMaxStripPanels * panel_floats));
+        float* x_tile = Scratch(tile_storage, static_cast<size_t>(kPrefillTokens * kTileStride));
+        float* row = Scratch(row_storage, static_cast<size_t>(kPanelDepth));
+        for (int64_t strip = s0; strip < s1; ++strip) {
+          const int64_t p_begin = strip * strip_panels;
+          const int64_t p_end = std::min(num_panels, p_begin + strip_panels);
+          for (int64_t k0 = 0; k0 < cols; k0 += kPanelDepth) {
+            const int64_t kc = std::min(kPanelDepth, cols - k0);
+            for (int64_t p = p_begin; p < p_end; ++p) {
+              float* panel = panels + (p - p_begin) * panel_floats;
+              const int64_t r0 = p * panel_rows;
+              const int64_t nr = std::min(panel_rows, w.rows - r0);
+              for (int64_t j = 0; j < panel_rows; ++j) {
+                if (j < nr) {
+                  WidenRange(w, r0 + j, k0, kc, row);
+                  for (int64_t k = 0; k < kc; ++k) panel[k * panel_rows + j] = row[k];
+                } else {
+                  for (int64_t k = 0; k < kc; ++k) panel[k * panel_rows + j] = 0.0f;
+                }
+              }
+            }
+            for (int64_t t0 = 0; t0 < T; t0 += kPrefillTokens) {
+              const int64_t mt = std::min<int64_t>(kPrefillTokens, T - t0);
+              // Copy the token tile to a short, padded stride: rows of x are
+              // often a multiple of 4 KiB apart and would collide in L1 sets.
+              for (int64_t m = 0; m < mt; ++m) {
+                std::memcpy(x_tile + m * kTileStride, x + (t0 + m) * cols + k0,
+                            static_cast<size_t>(kc) * sizeof(float));
+              }
+              for (int64_t p = p_begin; p < p_end; ++p) {
+                const int64_t r0 = p * panel_rows;
+                const int64_t nr = std::min(panel_rows, w.rows - r0);
+                PanelKernelUpTo<kPrefillTokens>(mt, panels + (p - p_begin) * panel_floats, x_tile,
+                                                kTileStride, kc, y + t0 * w.rows + r0, w.rows, nr,
+                                                k0 > 0);
+              }
+            }
+          }
+          if (bias != nullptr) {
+            const int64_t r0 = p_begin * panel_rows;
+            const int64_t r1 = std::min(w.rows, p_end * panel_rows);
+            for (int64_t t = 0; t < T; ++t) {
+              for (int64_t r = r0; r < r1; ++r) y[t * w.rows + r] += bias[r];
+            }
+          }
+        }
+      },
+      1);
+}
+
+void MatMulImpl(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                const float* bias, float* y) {
+  if (T <= kDecodeMaxTokens) {
+    DecodeMatMul(pool, x, T, w, bias, y);
+  } else {
+    PrefillMatMul(pool, x, T, w, bias, y);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace tandem::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace tandem::cpu {
+
+HWY_EXPORT(MatMulImpl);
+
+void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w, const float* bias,
+            float* y) {
+  CHECK_GE(T, 0);
+  CHECK_GE(w.rows, 0);
+  CHECK_GE(w.cols, 0);
+  if (T == 0 || w.rows == 0) return;
+  CHECK(w.data != nullptr || w.cols == 0);
+  if (w.dtype == DType::kI8) CHECK(w.scales != nullptr);
+  if (w.dtype == DType::kI4) {
+    CHECK(w.scales != nullptr);
+    CHECK_GT(w.group_size, 0);
+  }
+  if (w.cols == 0) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t r = 0; r < w.rows; ++r) y[t * w.rows + r] = bias ? bias[r] : 0.0f;
+    return;
+  }
+  HWY_DYNAMIC_DISPATCH(MatMulImpl)(pool, x, T, w, bias, y);
+}
+
+}  // namespace tandem::cpu
+#endif  // HWY_ONCE

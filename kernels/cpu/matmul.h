@@ -1,0 +1,78 @@
+#pragma once
+// y = x · Wᵀ (+ bias) with f32 activations and weights stored as f32, f16,
+// bf16, int8 (one scale per output row) or int4 (one scale per group of
+// `group_size` inputs of a row). Accumulation is always f32.
+//
+// Two internal paths, chosen by the number of tokens T:
+//  - decode (small T): each weight row is streamed from memory once and
+//    multiplied with all T tokens while it is in registers/L1; bandwidth-bound.
+//  - prefill (large T): weights are widened to f32 in panels that stay in
+//    cache and are reused across all T tokens by a register-tiled kernel;
+//    compute-bound.
+// Both paths dispatch at run time to the widest SIMD of the machine.
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace tandem::cpu {
+
+// A read-only view of a weight matrix [rows = out_features, cols = in_features].
+// The memory is owned elsewhere (mmap, quantized buffers) and must outlive it.
+struct WeightMatrix {
+  DType dtype = DType::kF32;  // kF32, kF16, kBF16, kI8 or kI4
+  int64_t rows = 0;           // output features
+  int64_t cols = 0;           // input features
+  // Row-major [rows, cols]. Element bytes as dtype; kI4 packs two signed 4-bit
+  // values per byte, element 2i in the low nibble, and every row starts on a
+  // byte boundary: row r begins at byte r * Int4RowBytes(cols).
+  // Any alignment is accepted (f16/bf16 need 2-byte alignment).
+  const void* data = nullptr;
+  // kI8: [rows], w[r][c] = q[r][c] * scales[r].
+  // kI4: [rows, Int4NumGroups(cols, group_size)],
+  //      w[r][c] = q[r][c] * scales[r * num_groups + c / group_size]
+  //      (the last group of a row may be partial).
+  // Other dtypes: unused (may be null).
+  const float* scales = nullptr;
+  int group_size = 0;  // kI4 only: 32 or 128 (any positive multiple of 32 works)
+};
+
+inline int64_t Int4RowBytes(int64_t cols) { return (cols + 1) / 2; }
+inline int64_t Int4NumGroups(int64_t cols, int group_size) {
+  return (cols + group_size - 1) / group_size;
+}
+
+// y[t][r] = sum_c x[t][c] * w[r][c] + (bias ? bias[r] : 0).
+// x: [T, w.cols] row-major; bias: [w.rows] or null; y: [T, w.rows] row-major.
+// y must not overlap x. Any pointer alignment is accepted. T >= 0.
+// Never allocates after the first call with a given (T, w.cols) on a thread
+// (scratch space is kept per thread and grows only).
+void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+            const float* bias, float* y);
+
+// Plain scalar reference of MatMul (double accumulation, no SIMD, one thread).
+void MatMulReference(const float* x, int64_t T, const WeightMatrix& w, const float* bias,
+                     float* y);
+
+// Widens/dequantizes row `row` of w into out[0, w.cols) (f32). Exact for
+// f32/f16/bf16; for int8/int4 it is q * scale computed in f32.
+void DequantizeRow(const WeightMatrix& w, int64_t row, float* out);
+
+// Symmetric per-row int8 quantization of w [rows, cols]:
+//   scales[r] = max_c |w[r][c]| / 127 (0 for an all-zero row),
+//   out[r][c] = clamp(round_half_away_from_zero(w[r][c] / scales[r]), -127, 127)
+//   (0 where the scale is 0).
+// out: [rows, cols] int8; scales: [rows].
+void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales);
+
+// Symmetric group-wise int4 quantization of w [rows, cols], groups of
+// `group_size` consecutive inputs within a row (the last may be partial):
+//   scale = max |w| over the group / 7 (0 for an all-zero group),
+//   q = clamp(round_half_away_from_zero(w / scale), -8, 7)  (0 where scale is 0).
+// packed: [rows, Int4RowBytes(cols)] bytes (layout of WeightMatrix kI4; the
+// unused high nibble of an odd-length row is 0);
+// scales: [rows, Int4NumGroups(cols, group_size)].
+void QuantizeInt4Grouped(const float* w, int64_t rows, int64_t cols, int group_size,
+                         uint8_t* packed, float* scales);
+
+}  // namespace tandem::cpu

@@ -1,0 +1,181 @@
+// Element-wise and row-wise ops with run-time SIMD dispatch, and their scalar
+// references. Compiled once per SIMD target (hwy/foreach_target.h).
+#include <algorithm>
+#include <cmath>
+
+#include "core/check.h"
+#include "kernels/cpu/ops.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/ops.cc"
+#include "hwy/foreach_target.h"  // must come before highway.h
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace tandem::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+void RmsNormImpl(const float* x, const float* weight, float eps, int64_t T, int64_t H, float* y) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * H;
+    float* yr = y + t * H;
+    VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+    int64_t i = 0;
+    for (; i + 2 * N <= H; i += 2 * N) {
+      const VF a = hn::LoadU(df, xr + i), b = hn::LoadU(df, xr + i + N);
+      acc0 = hn::MulAdd(a, a, acc0);
+      acc1 = hn::MulAdd(b, b, acc1);
+    }
+    float ss = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+    for (; i < H; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(H) + eps);
+    const VF vinv = hn::Set(df, inv);
+    i = 0;
+    for (; i + N <= H; i += N) {
+      hn::StoreU(hn::Mul(hn::Mul(hn::LoadU(df, xr + i), vinv), hn::LoadU(df, weight + i)), df,
+                 yr + i);
+    }
+    for (; i < H; ++i) yr[i] = xr[i] * inv * weight[i];
+  }
+}
+
+void AddInPlaceImpl(float* y, const float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Add(hn::LoadU(df, y + i), hn::LoadU(df, x + i)), df, y + i);
+  for (; i < n; ++i) y[i] += x[i];
+}
+
+// silu(g) * u with exp(-g) clamped below overflow (silu(g) -> -0 there anyway).
+HWY_INLINE VF SiluMulVec(DF df, VF g, VF u) {
+  const VF e = hn::Exp(df, hn::Min(hn::Neg(g), hn::Set(df, 88.0f)));
+  return hn::Mul(hn::Div(g, hn::Add(hn::Set(df, 1.0f), e)), u);
+}
+
+void SiluMulImpl(const float* gate, const float* up, float* out, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(SiluMulVec(df, hn::LoadU(df, gate + i), hn::LoadU(df, up + i)), df, out + i);
+  }
+  if (i < n) {
+    HWY_ALIGN float g[hn::MaxLanes(df)] = {};
+    HWY_ALIGN float u[hn::MaxLanes(df)] = {};
+    std::copy(gate + i, gate + n, g);
+    std::copy(up + i, up + n, u);
+    hn::Store(SiluMulVec(df, hn::Load(df, g), hn::Load(df, u)), df, g);
+    std::copy(g, g + (n - i), out + i);
+  }
+}
+
+void SoftmaxImpl(float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  float mx = x[0];
+  int64_t i = 0;
+  if (n >= N) {
+    VF vmax = hn::LoadU(df, x);
+    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i));
+    mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  }
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  const VF vmx = hn::Set(df, mx);
+  VF vsum = hn::Zero(df);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const VF e = hn::Exp(df, hn::Sub(hn::LoadU(df, x + i), vmx));
+    hn::StoreU(e, df, x + i);
+    vsum = hn::Add(vsum, e);
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const VF vinv = hn::Set(df, 1.0f / sum);
+  i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), vinv), df, x + i);
+  for (; i < n; ++i) x[i] *= 1.0f / sum;
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace tandem::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace tandem::cpu {
+
+HWY_EXPORT(RmsNormImpl);
+HWY_EXPORT(AddInPlaceImpl);
+HWY_EXPORT(SiluMulImpl);
+HWY_EXPORT(SoftmaxImpl);
+
+void RmsNorm(const float* x, const float* weight, float eps, int64_t T, int64_t H, float* y) {
+  CHECK_GE(T, 0);
+  CHECK_GT(H, 0);
+  HWY_DYNAMIC_DISPATCH(RmsNormImpl)(x, weight, eps, T, H, y);
+}
+
+void AddInPlace(float* y, const float* x, int64_t n) {
+  CHECK_GE(n, 0);
+  HWY_DYNAMIC_DISPATCH(AddInPlaceImpl)(y, x, n);
+}
+
+void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
+  CHECK_GE(n, 0);
+  HWY_DYNAMIC_DISPATCH(SiluMulImpl)(gate, up, out, n);
+}
+
+void Softmax(float* x, int64_t n) {
+  CHECK_GT(n, 0);
+  HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n);
+}
+
+void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t T, float* out) {
+  CHECK_GE(T, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    CHECK(ids[t] >= 0 && ids[t] < table.rows);
+    DequantizeRow(table, ids[t], out + t * table.cols);
+  }
+}
+
+namespace reference {
+
+void RmsNorm(const float* x, const float* weight, float eps, int64_t T, int64_t H, float* y) {
+  for (int64_t t = 0; t < T; ++t) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < H; ++i) ss += static_cast<double>(x[t * H + i]) * x[t * H + i];
+    const double inv = 1.0 / std::sqrt(ss / static_cast<double>(H) + eps);
+    for (int64_t i = 0; i < H; ++i) {
+      y[t * H + i] = static_cast<float>(x[t * H + i] * inv * weight[i]);
+    }
+  }
+}
+
+void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  double mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max<double>(mx, x[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - mx);
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(x[i] - mx) / sum);
+}
+
+}  // namespace reference
+}  // namespace tandem::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,135 @@
+// Machine limits for roofline reports: DRAM read bandwidth and peak f32 FMA
+// throughput, both with the widest SIMD chosen at run time.
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "core/check.h"
+#include "core/tensor.h"
+#include "kernels/cpu/roofline.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/roofline.cc"
+#include "hwy/foreach_target.h"  // must come before highway.h
+#include "hwy/highway.h"
+#include "hwy/cache_control.h"
+#include "hwy/targets.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace tandem::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// Sum of x[0, n) read with independent vector accumulators.
+float StreamSumImpl(const float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  VF a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    // Prefetch as the decode kernels do, so both measure the same thing.
+    hwy::Prefetch(x + i + 256);
+    hwy::Prefetch(x + i + 256 + 16);
+    a0 = hn::Add(a0, hn::LoadU(df, x + i));
+    a1 = hn::Add(a1, hn::LoadU(df, x + i + N));
+    a2 = hn::Add(a2, hn::LoadU(df, x + i + 2 * N));
+    a3 = hn::Add(a3, hn::LoadU(df, x + i + 3 * N));
+  }
+  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// Runs `iters` rounds of 12 independent FMA chains; returns FLOPs done and a
+// value that depends on every chain (so nothing is optimized away).
+double FmaLoopImpl(int64_t iters, float* sink) {
+  const DF df;
+  const VF m = hn::Set(df, 0.999999f);
+  const VF c = hn::Set(df, 1e-6f);
+  VF a[12];
+  for (int i = 0; i < 12; ++i) a[i] = hn::Set(df, static_cast<float>(i));
+  for (int64_t it = 0; it < iters; ++it) {
+    for (int i = 0; i < 12; ++i) a[i] = hn::MulAdd(a[i], m, c);
+  }
+  VF s = a[0];
+  for (int i = 1; i < 12; ++i) s = hn::Add(s, a[i]);
+  *sink = hn::GetLane(hn::SumOfLanes(df, s));
+  return static_cast<double>(iters) * 12.0 * 2.0 * static_cast<double>(hn::Lanes(df));
+}
+
+const char* TargetNameImpl() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace tandem::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace tandem::cpu {
+
+HWY_EXPORT(StreamSumImpl);
+HWY_EXPORT(FmaLoopImpl);
+HWY_EXPORT(TargetNameImpl);
+
+namespace {
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+}  // namespace
+
+double MeasureMemoryBandwidthGBps(ThreadPool& pool) {
+  constexpr int64_t kBytes = int64_t{256} << 20;
+  constexpr int64_t kFloats = kBytes / 4;
+  AlignedBuffer buffer(static_cast<size_t>(kBytes));
+  float* data = buffer.As<float>();
+  // First touch from the threads that read later (NUMA placement).
+  pool.ParallelForStatic(kFloats, [&](int, int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) data[i] = static_cast<float>(i & 7);
+  });
+  // 1 MiB chunks handed out dynamically, so a thread the OS delays does not
+  // stall the others; best of several passes.
+  constexpr int64_t kChunk = int64_t{1} << 18;
+  std::vector<float> sink(kFloats / kChunk + 1);
+  double best = 0.0;
+  for (int rep = 0; rep < 10; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    pool.ParallelFor(
+        kFloats,
+        [&](int64_t b, int64_t e) {
+          sink[static_cast<size_t>(b / kChunk)] += HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + b, e - b);
+        },
+        kChunk);
+    const double s = Seconds(start, std::chrono::steady_clock::now());
+    if (rep > 0) best = std::max(best, static_cast<double>(kBytes) / s / 1e9);  // rep 0 warms up
+  }
+  volatile float keep = sink[0];
+  (void)keep;
+  return best;
+}
+
+double MeasurePeakGflops(ThreadPool& pool) {
+  constexpr int64_t kIters = 2'000'000;
+  std::vector<float> sink(static_cast<size_t>(pool.size()));
+  std::vector<double> flops(static_cast<size_t>(pool.size()));
+  double best = 0.0;
+  for (int rep = 0; rep < 30; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    pool.ParallelForStatic(pool.size(), [&](int t, int64_t, int64_t) {
+      flops[static_cast<size_t>(t)] =
+          HWY_DYNAMIC_DISPATCH(FmaLoopImpl)(kIters, &sink[static_cast<size_t>(t)]);
+    });
+    const double s = Seconds(start, std::chrono::steady_clock::now());
+    double total = 0.0;
+    for (double f : flops) total += f;
+    if (rep > 0) best = std::max(best, total / s / 1e9);
+  }
+  volatile float keep = sink[0];
+  (void)keep;
+  return best;
+}
+
+const char* SimdTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
+
+}  // namespace tandem::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,177 @@
+// MatMul (decode and prefill paths, every weight dtype) against the scalar
+// reference, over odd sizes and misaligned pointers.
+#include "kernels/cpu/matmul.h"
+
+#include <cstring>
+#include <vector>
+
+#include "core/dtype.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/thread_pool.h"
+#include "tests/kernels/kernel_test_util.h"
+
+namespace tandem::cpu {
+namespace {
+
+template <DType kType, int kGroup = 0>
+struct WeightKind {
+  static constexpr DType dtype = kType;
+  static constexpr int group_size = kGroup;
+};
+
+// Weights of one dtype built from f32 values, stored one byte past a 64-byte
+// boundary (two bytes for 16-bit types, four for f32) so loads are misaligned.
+class TestWeights {
+ public:
+  TestWeights(DType dtype, int group_size, int64_t rows, int64_t cols, const float* values) {
+    view_.dtype = dtype;
+    view_.rows = rows;
+    view_.cols = cols;
+    view_.group_size = group_size;
+    size_t bytes = 0;
+    int offset = 1;
+    switch (dtype) {
+      case DType::kF32:
+        bytes = static_cast<size_t>(rows * cols) * 4;
+        offset = 4;
+        break;
+      case DType::kF16:
+      case DType::kBF16:
+        bytes = static_cast<size_t>(rows * cols) * 2;
+        offset = 2;
+        break;
+      case DType::kI8:
+        bytes = static_cast<size_t>(rows * cols);
+        break;
+      case DType::kI4:
+        bytes = static_cast<size_t>(rows * Int4RowBytes(cols));
+        break;
+      default:
+        ADD_FAILURE() << "unsupported dtype";
+    }
+    storage_.resize(bytes + 128);
+    auto base = reinterpret_cast<uintptr_t>(storage_.data());
+    uint8_t* data = reinterpret_cast<uint8_t*>(((base + 63) & ~uintptr_t{63}) + offset);
+    switch (dtype) {
+      case DType::kF32:
+        std::memcpy(data, values, bytes);
+        break;
+      case DType::kF16:
+      case DType::kBF16:
+        ConvertFromF32(values, dtype, data, static_cast<size_t>(rows * cols));
+        break;
+      case DType::kI8:
+        scales_.resize(static_cast<size_t>(rows));
+        QuantizeInt8PerRow(values, rows, cols, reinterpret_cast<int8_t*>(data), scales_.data());
+        break;
+      case DType::kI4:
+        scales_.resize(static_cast<size_t>(rows * Int4NumGroups(cols, group_size)));
+        QuantizeInt4Grouped(values, rows, cols, group_size, data, scales_.data());
+        break;
+      default:
+        break;
+    }
+    view_.data = data;
+    view_.scales = scales_.empty() ? nullptr : scales_.data();
+  }
+  const WeightMatrix& view() const { return view_; }
+
+ private:
+  std::vector<uint8_t> storage_;
+  std::vector<float> scales_;
+  WeightMatrix view_;
+};
+
+template <typename Kind>
+class MatMulTest : public testing::SeededTest {
+ protected:
+  // Compares MatMul with MatMulReference for x [T, cols], w [rows, cols].
+  void Check(ThreadPool& pool, int64_t T, int64_t rows, int64_t cols, bool with_bias) {
+    SCOPED_TRACE(::testing::Message() << "T=" << T << " rows=" << rows << " cols=" << cols
+                                      << " bias=" << with_bias);
+    const std::vector<float> w_values = Normal(rows * cols, 0.05f);
+    TestWeights w(Kind::dtype, Kind::group_size, rows, cols, w_values.data());
+    testing::MisalignedFloats x(T * cols), y(T * rows), bias(rows);
+    FillNormal(x.data(), T * cols);
+    FillNormal(bias.data(), rows);
+    for (int64_t i = 0; i < T * rows; ++i) y[i] = 12345.0f;  // must be overwritten
+    std::vector<float> expected(static_cast<size_t>(T * rows));
+    const float* b = with_bias ? bias.data() : nullptr;
+    MatMulReference(x.data(), T, w.view(), b, expected.data());
+    MatMul(pool, x.data(), T, w.view(), b, y.data());
+    EXPECT_LT(testing::RelativeL2(y.data(), expected.data(), T * rows), 2e-5);
+  }
+};
+
+using Kinds = ::testing::Types<WeightKind<DType::kF32>, WeightKind<DType::kF16>,
+                               WeightKind<DType::kBF16>, WeightKind<DType::kI8>,
+                               WeightKind<DType::kI4, 32>, WeightKind<DType::kI4, 128>>;
+TYPED_TEST_SUITE(MatMulTest, Kinds);
+
+TYPED_TEST(MatMulTest, DecodeOddSizes) {
+  ThreadPool pool(2);
+  for (int64_t cols : {1, 7, 33, 127, 1000}) {
+    for (int64_t T : {1, 2, 3, 5, 8}) {
+      this->Check(pool, T, this->UniformInt(1, 300), cols, T % 2 == 1);
+    }
+  }
+  this->Check(pool, 1, 4, 256, false);  // exact multiples of every vector width
+}
+
+TYPED_TEST(MatMulTest, PrefillOddSizes) {
+  ThreadPool pool(3);
+  for (int64_t cols : {1, 7, 33, 127, 1000}) {
+    for (int64_t T : {9, 13, 40}) {
+      this->Check(pool, T, this->UniformInt(1, 300), cols, T != 13);
+    }
+  }
+  // Depth beyond one packed panel, rows beyond one register tile.
+  this->Check(pool, 29, 67, 600, true);
+}
+
+TYPED_TEST(MatMulTest, GroupAlignedColumns) {
+  // Full int4 groups only (the SIMD path with no scalar tail), and a partial last group.
+  ThreadPool pool(2);
+  for (int64_t cols : {256, 384, 300}) {
+    this->Check(pool, 1, 33, cols, false);
+    this->Check(pool, 4, 9, cols, true);
+    this->Check(pool, 20, 40, cols, false);
+  }
+}
+
+TYPED_TEST(MatMulTest, SingleThreadPoolMatchesReference) {
+  ThreadPool pool(1);
+  this->Check(pool, 1, 131, 515, true);
+  this->Check(pool, 17, 45, 515, false);
+}
+
+TYPED_TEST(MatMulTest, EverySimdTarget) {
+  ThreadPool pool(2);
+  testing::ForEachSimdTarget([&] {
+    for (int64_t cols : {7, 256, 300}) {
+      this->Check(pool, 1, 37, cols, true);
+      this->Check(pool, 3, 5, cols, false);
+      this->Check(pool, 23, 41, cols, true);
+    }
+  });
+}
+
+TEST(MatMulReferenceTest, KnownSmallProduct) {
+  // [[1, 2], [3, 4], [5, 6]] · [1, -1] + [0.5, 0, -0.5] = [-0.5, -1, -1.5]
+  const float w[] = {1, 2, 3, 4, 5, 6};
+  const float x[] = {1, -1};
+  const float bias[] = {0.5f, 0.0f, -0.5f};
+  const WeightMatrix view{.dtype = DType::kF32, .rows = 3, .cols = 2, .data = w};
+  float ref[3], y[3];
+  MatMulReference(x, 1, view, bias, ref);
+  ThreadPool pool(2);
+  MatMul(pool, x, 1, view, bias, y);
+  const float expected[] = {-0.5f, -1.0f, -1.5f};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_FLOAT_EQ(ref[i], expected[i]);
+    EXPECT_FLOAT_EQ(y[i], expected[i]);
+  }
+}
+
+}  // namespace
+}  // namespace tandem::cpu
