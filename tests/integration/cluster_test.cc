@@ -184,16 +184,32 @@ TEST_F(ClusterTest, ConcurrentRequestsEachMatchAlone) {
 TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {
   Start(2);
   WaitReady();
-  auto pending = std::async(std::launch::async, [&] {
-    CommandResult raw;
-    Generate(kPrompts[2], 100000, &raw);
-    return raw;
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Long requests (greedy on a random model, so some run to max_tokens).
+  std::vector<std::future<CommandResult>> pending;
+  for (int i = 0; i < 8; ++i) {
+    pending.push_back(std::async(std::launch::async, [&, i] {
+      CommandResult raw;
+      Generate(kPrompts[i], 3000, &raw);
+      return raw;
+    }));
+  }
+  bool running = false;
+  for (int i = 0; i < 200 && !running; ++i) {
+    json s = Status();
+    running = s.is_object() && s["requests"].value("running", 0) > 0;
+    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(running) << "no request was running";
   nodes_[1]->Stop(SIGKILL);
-  CommandResult r = pending.get();
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+  int failed = 0;
+  for (auto& p : pending) {
+    CommandResult r = p.get();
+    if (r.exit_code != 0) {
+      ++failed;
+      EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+    }
+  }
+  EXPECT_GT(failed, 0) << "no in-flight request ended with an error";
   EXPECT_TRUE(coordinator_->Running());
   json status = Status();
   ASSERT_TRUE(status.is_object()) << coordinator_->Log();
@@ -202,7 +218,7 @@ TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {
   CommandResult refused;
   Generate("Hello", 4, &refused);
   EXPECT_NE(refused.exit_code, 0);
-  EXPECT_FALSE(refused.err.empty());
+  EXPECT_NE(refused.err.find("down"), std::string::npos) << refused.err;
 }
 
 TEST_F(ClusterTest, RefusesWrongTokenOtherModelAndDuplicateName) {
