@@ -120,8 +120,23 @@ class Bench {
       times.push_back(Seconds() - t0);
     }
     const double t = std::max(Median(times) - rtt_s_, 1e-6);
+    // The same for a decode-sized frame, which may cross within a burst.
+    Tensor small = MakeActivations(DType::kBF16, {1, 8192}, {.seed = 8});
+    ASSIGN_OR_RETURN(TensorEncoder small_enc, TensorEncoder::Create(small.view(), o));
+    ASSIGN_OR_RETURN(auto small_messages, EncodeChunkMessages(small_enc));
+    std::vector<double> small_times;
+    for (int i = 0; i < 9; ++i) {
+      const double t0 = Seconds();
+      RETURN_IF_ERROR(
+          EchoEncoded(*conn_, small_enc.header(), small_messages, v1::ECHO_MODE_ACK).status());
+      small_times.push_back(Seconds() - t0);
+    }
+    const double ts = std::max(Median(small_times) - rtt_s_, 1e-6);
     return LinkModel{.bytes_per_s = static_cast<double>(probe.NumBytes()) / t,
-                     .per_message_s = 0.0};
+                     .per_message_s = 0.0,
+                     .small_bytes_per_s = static_cast<double>(small.NumBytes()) / ts,
+                     .small_frame_bytes = small.NumBytes(),
+                     .large_frame_bytes = probe.NumBytes()};
   }
 
   StatusOr<Row> MeasureCell(const Tensor& src, Codec codec, Codec chosen, const CodecOptions& base) {

@@ -154,6 +154,8 @@ Status Generate(const GenerateFlags& f) {
                           {"timing", {{"ttft_ms", ttft_ms}, {"decode_tokens_per_s", decode_tps}}}};
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
+    std::printf("\n");  // the streamed text ends its line
+    std::fflush(stdout);
     std::fprintf(stderr,
                  "prompt %u tokens, generated %zu (%s); ttft %.1f ms, decode %.2f tokens/s\n",
                  prompt_tokens, tokens.size(), finish_reason.c_str(), ttft_ms, decode_tps);

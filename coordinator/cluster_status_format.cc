@@ -102,7 +102,7 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& s) {
             "%-5s %-14s %-21s %-10s %-16s %-9s %-12s %-9s %-6s %s\n",
             InPlan(n) ? absl::StrCat(n.stage_index()) : "-", n.node_id(), n.address(), n.state(),
             Hardware(n),
-            InPlan(n) ? absl::StrCat(n.first_layer(), "-", n.last_layer()) : "-",
+            InPlan(n) ? absl::StrCat(n.first_layer(), "-", n.last_layer() - 1) : "-",
             total > 0 ? absl::StrCat(used, "/", total, " blk") : "-",
             absl::StrFormat("%.2f", n.compute_ms_per_step()),
             absl::StrFormat("%.0f%%", 100 * n.busy_fraction()), link));

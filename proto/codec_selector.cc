@@ -90,13 +90,24 @@ StatusOr<CodecSelector> CodecSelector::Calibrate(const CalibrationParams& params
   return CodecSelector(std::move(profiles), params.options.chunk_bytes);
 }
 
+double LinkModel::BytesPerSecond(double frame_bytes) const {
+  if (small_bytes_per_s <= 0 || large_frame_bytes <= small_frame_bytes) return bytes_per_s;
+  const double small = static_cast<double>(small_frame_bytes);
+  const double large = static_cast<double>(large_frame_bytes);
+  if (frame_bytes <= small) return small_bytes_per_s;
+  if (frame_bytes >= large) return bytes_per_s;
+  const double t = std::log(frame_bytes / small) / std::log(large / small);
+  return std::exp((1 - t) * std::log(small_bytes_per_s) + t * std::log(bytes_per_s));
+}
+
 double CodecSelector::PredictSeconds(const CodecProfile& p, uint64_t raw_bytes,
                                      const LinkModel& link) const {
   if (raw_bytes == 0) return 0.0;
   const double chunks = std::ceil(static_cast<double>(raw_bytes) / static_cast<double>(chunk_bytes_));
   const double n = static_cast<double>(raw_bytes) / chunks;
   const double tc = p.CompressSeconds(n);
-  const double tt = link.per_message_s + n * p.Ratio(n) / link.bytes_per_s;
+  const double tt =
+      link.per_message_s + n * p.Ratio(n) / link.BytesPerSecond(static_cast<double>(raw_bytes));
   const double td = p.DecompressSeconds(n);
   // Three-stage pipeline over the chunks: fill once, then the slowest stage.
   return tc + tt + td + (chunks - 1) * std::max({tc, tt, td});

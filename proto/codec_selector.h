@@ -29,8 +29,17 @@ struct CodecProfile {
 };
 
 struct LinkModel {
-  double bytes_per_s = 125e6;     // 1 Gbit/s
+  double bytes_per_s = 125e6;     // 1 Gbit/s, as measured on large frames
   double per_message_s = 20e-6;   // fixed cost per chunk message
+  // Small frames can cross faster than the sustained rate (a shaper's burst
+  // allowance, socket buffers): the effective rate measured on a frame of
+  // small_frame_bytes. 0: the same as bytes_per_s.
+  double small_bytes_per_s = 0;
+  uint64_t small_frame_bytes = 16384;
+  uint64_t large_frame_bytes = 4 << 20;
+  // The effective rate for a frame of `frame_bytes` raw bytes, interpolated
+  // in log-size between the small and the large measurement.
+  double BytesPerSecond(double frame_bytes) const;
 };
 
 struct CalibrationParams {

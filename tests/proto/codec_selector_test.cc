@@ -48,6 +48,22 @@ TEST(CodecSelector, ChoosesTheCheapestPredictedCodec) {
   EXPECT_EQ(selector.Choose(4 << 20, {.bytes_per_s = 12.5e9}), Codec::kNone);
 }
 
+TEST(CodecSelector, SmallFramesUseTheirOwnMeasuredRate) {
+  CodecSelector selector(TwoProfiles(), 1 << 20);
+  // 100 Mbit/s sustained, but a 16 KiB frame crosses within the burst.
+  LinkModel shaped{.bytes_per_s = 12.5e6, .small_bytes_per_s = 2e9};
+  EXPECT_EQ(selector.Choose(16384, shaped), Codec::kNone);
+  EXPECT_EQ(selector.Choose(4 << 20, shaped), Codec::kShuffleLz4);
+  EXPECT_DOUBLE_EQ(shaped.BytesPerSecond(16384), 2e9);
+  EXPECT_DOUBLE_EQ(shaped.BytesPerSecond(8 << 20), 12.5e6);
+  const double mid = shaped.BytesPerSecond(256 << 10);
+  EXPECT_LT(mid, 2e9);
+  EXPECT_GT(mid, 12.5e6);
+  // Without a small-frame measurement the sustained rate applies to all.
+  LinkModel plain{.bytes_per_s = 12.5e6};
+  EXPECT_DOUBLE_EQ(plain.BytesPerSecond(16384), 12.5e6);
+}
+
 TEST(CodecSelector, PipelinedPredictionIsBoundedByTheSlowestStage) {
   CodecSelector selector(TwoProfiles(), 1 << 20);
   const CodecProfile& p = selector.profiles()[1];
