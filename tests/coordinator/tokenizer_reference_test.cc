@@ -45,9 +45,15 @@ std::string FromHex(const std::string& hex) {
 
 std::string Show(std::string_view s) { return json(SanitizeUtf8(s)).dump().substr(0, 300); }
 
-// "tiny-llama" is the byte-level tokenizer tools/make-test-model writes for
+// Tokenizers of this project: "kjv-llama-7m" is the shipped demo model's
+// (models/), "tiny-llama" the byte-level one tools/make-test-model writes for
 // the test models, generated here once per process.
+bool IsOwnTokenizer(const std::string& model) {
+  return model == "tiny-llama" || model == "kjv-llama-7m";
+}
+
 std::filesystem::path ModelDir(const std::string& model) {
+  if (model == "kjv-llama-7m") return SourceDir() / "models" / model;
   if (model != "tiny-llama") return OracleModelDir(model);
   static const std::filesystem::path* dir = [] {
     auto* d = new std::filesystem::path(std::filesystem::temp_directory_path() /
@@ -66,7 +72,7 @@ class TokenizerReferenceTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     const std::string model = GetParam();
-    ASSERT_TRUE(OracleInstalled(model == "tiny-llama" ? "llama3" : model));
+    ASSERT_TRUE(OracleInstalled(IsOwnTokenizer(model) ? "llama3" : model));
     auto loaded = Tokenizer::Load(ModelDir(model));
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     tokenizer_ = std::move(*loaded);
@@ -79,7 +85,7 @@ class TokenizerReferenceTest : public ::testing::TestWithParam<std::string> {
     }
     const auto corpus = SourceDir() / "tests" / "coordinator" / "tokenizer_corpus.jsonl";
     std::ostringstream args;
-    args << "'" << (model == "tiny-llama" ? ModelDir(model).string() : model) << "' '"
+    args << "'" << (IsOwnTokenizer(model) ? ModelDir(model).string() : model) << "' '"
          << corpus.string() << "'";
     const std::string reference = RunOracle("tokenize_reference.js", args.str());
     std::istringstream corpus_lines(testing::ReadFileOrEmpty(corpus));
@@ -175,7 +181,8 @@ TEST_P(TokenizerReferenceTest, ConcurrentEncodeAgrees) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TokenizerReferenceTest,
-                         ::testing::Values("llama3", "qwen3", "llama2", "tiny-llama"));
+                         ::testing::Values("llama3", "qwen3", "llama2", "tiny-llama",
+                                           "kjv-llama-7m"));
 
 }  // namespace
 }  // namespace tandem

@@ -50,14 +50,17 @@ class ClusterTest : public ::testing::Test {
   static std::string Model(const std::string& name = "model") { return (*dir_ / name).string(); }
 
   // Starts a coordinator waiting for `nodes` nodes, and those nodes.
-  void Start(int nodes, const std::string& token = "") {
+  void Start(int nodes, const std::string& token = "", const std::string& model = "") {
     coordinator_addr_ = "127.0.0.1:" + std::to_string(FreePort());
-    std::vector<std::string> argv = {BinaryPath("tandem-coordinator"), "--model", Model(),
+    const std::string dir = model.empty() ? Model() : model;
+    std::vector<std::string> argv = {BinaryPath("tandem-coordinator"), "--model", dir,
                                      "--listen", coordinator_addr_, "--nodes",
                                      std::to_string(nodes)};
     if (!token.empty()) argv.insert(argv.end(), {"--cluster-token", token});
     coordinator_ = std::make_unique<Process>(argv, (*dir_ / "coordinator.log").string());
-    for (int i = 0; i < nodes; ++i) nodes_.push_back(StartNode("node" + std::to_string(i), token));
+    for (int i = 0; i < nodes; ++i) {
+      nodes_.push_back(StartNode("node" + std::to_string(i), token, dir));
+    }
   }
 
   std::unique_ptr<Process> StartNode(const std::string& name, const std::string& token,
@@ -102,9 +105,10 @@ class ClusterTest : public ::testing::Test {
     return json::parse(r.out, nullptr, false);
   }
 
-  static json RunLocal(const std::string& prompt, int max_tokens) {
+  static json RunLocal(const std::string& prompt, int max_tokens, const std::string& model = "") {
     CommandResult r =
-        RunCommand({BinaryPath("tandem"), "run", "--model", Model(), "--prompt", prompt,
+        RunCommand({BinaryPath("tandem"), "run", "--model", model.empty() ? Model() : model,
+                    "--prompt", prompt,
                     "--max-tokens", std::to_string(max_tokens), "--temperature", "0", "--threads",
                     "1", "--json"},
                    180);
@@ -219,6 +223,24 @@ TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {
   Generate("Hello", 4, &refused);
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.err.find("down"), std::string::npos) << refused.err;
+}
+
+// The shipped demo model speaks: its greedy answer is pinned, in one process
+// and across two nodes.
+TEST_F(ClusterTest, DemoModelGivesItsPinnedAnswerAloneAndAcrossTwoNodes) {
+  const std::string demo = SourcePath("models/kjv-llama-7m");
+  const std::string pinned =
+      ", and the man of the LORD, and the LORD of Israel, and the LORD of Israel, and the LORD "
+      "of Israel, and the LORD of Israel,";
+  json local = RunLocal("In the beginning", 32, demo);
+  EXPECT_EQ(local["text"], pinned);
+  Start(2, "", demo);
+  WaitReady();
+  CommandResult raw;
+  json remote = Generate("In the beginning", 32, &raw);
+  ASSERT_TRUE(remote.is_object()) << raw.err;
+  EXPECT_EQ(remote["text"], pinned);
+  EXPECT_EQ(remote["tokens"], local["tokens"]);
 }
 
 TEST_F(ClusterTest, RefusesWrongTokenOtherModelAndDuplicateName) {
