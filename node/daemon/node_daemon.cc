@@ -13,6 +13,9 @@
 #include "proto/grpc_channel.h"
 #include "proto/hello.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "kernels/cuda/device_info.h"
+#endif
 
 namespace tandem {
 
@@ -208,6 +211,14 @@ v1::RegisterNodeRequest NodeDaemon::Registration() const {
   cpu->set_name(absl::StrCat(std::thread::hardware_concurrency(), " cores"));
   cpu->set_memory_bytes(MemTotalBytes());
   cpu->set_memory_bandwidth_gbps(calibration_.memory_bandwidth_gbps);
+#ifdef TANDEM_HAVE_CUDA
+  for (const cuda::DeviceInfo& gpu : cuda::ListDevices()) {
+    v1::DeviceInfo* d = r.add_devices();
+    d->set_kind("cuda");
+    d->set_name(absl::StrCat("cuda:", gpu.index, " ", gpu.name));
+    d->set_memory_bytes(gpu.total_memory_bytes);
+  }
+#endif
   r.set_free_memory_bytes(MemAvailableBytes());
   v1::NodeCalibration* c = r.mutable_calibration();
   c->set_decode_layer_ms(calibration_.decode_layer_ms);
