@@ -225,6 +225,25 @@ TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {
   EXPECT_NE(refused.err.find("down"), std::string::npos) << refused.err;
 }
 
+TEST_F(ClusterTest, NodesReconnectWhenTheCoordinatorRestarts) {
+  Start(2);
+  WaitReady();
+  json before = Generate(kPrompts[0], 12);
+  ASSERT_TRUE(before.is_object());
+  coordinator_->Stop(SIGKILL);
+  // A new coordinator on the same address: the nodes register again, are
+  // assigned their layers again, and the cluster serves the same answers.
+  coordinator_ = std::make_unique<Process>(
+      std::vector<std::string>{BinaryPath("tandem-coordinator"), "--model", Model(), "--listen",
+                               coordinator_addr_, "--nodes", "2"},
+      (*dir_ / "coordinator2.log").string());
+  WaitReady();
+  json after = Generate(kPrompts[0], 12);
+  ASSERT_TRUE(after.is_object()) << coordinator_->Log();
+  EXPECT_EQ(after["tokens"], before["tokens"]);
+  for (auto& node : nodes_) EXPECT_TRUE(node->Running());
+}
+
 // The shipped demo model speaks: its greedy answer is pinned, in one process
 // and across two nodes.
 TEST_F(ClusterTest, DemoModelGivesItsPinnedAnswerAloneAndAcrossTwoNodes) {
