@@ -19,7 +19,7 @@ namespace tandem {
 
 struct ModelSpec;
 
-inline constexpr int kExactPlannerNodes = 12;
+inline constexpr int kExactPlannerNodes = 8;
 
 // What the planner needs to know of the model, per the weight dtype in use.
 struct PlannerModel {
