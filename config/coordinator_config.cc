@@ -180,8 +180,10 @@ std::vector<Field> MakeFields() {
       "nodes", "nodes to wait for before planning",
       [](std::string_view t, Config* c) { return SetInt(t, 1, kMaxNodes, &c->nodes); }));
   f.push_back(ScalarField<Config>(
-      "min_nodes", "fewest nodes to keep serving with",
-      [](std::string_view t, Config* c) { return SetInt(t, 1, kMaxNodes, &c->min_nodes); }));
+      "min_nodes",
+      "after losing a node, re-plan and keep serving while this many are live (0: only with "
+      "all --nodes)",
+      [](std::string_view t, Config* c) { return SetInt(t, 0, kMaxNodes, &c->min_nodes); }));
   Field planner;
   planner.key = "planner";
   planner.help = "layer assignment policy: balanced or manual";

@@ -38,7 +38,9 @@ struct CoordinatorConfig {
   std::string api_key;                  // bearer token for the HTTP API; empty: open
   std::string model;                    // Hugging Face model folder (tokenizer + config)
   int nodes = 1;                        // nodes to wait for before planning
-  int min_nodes = 1;                    // fewest nodes to keep serving with
+  // After a node is lost, re-plan over the live nodes and keep serving while
+  // at least this many remain; 0: serve only with all `nodes`.
+  int min_nodes = 0;
   PlannerPolicy planner = PlannerPolicy::kBalanced;
   std::vector<ManualLayerRange> manual_layers;  // policy manual: ranges in pipeline order
   std::string codec = "auto";                   // default for every link

@@ -299,7 +299,12 @@ void Cluster::MaybePlan() {
   for (auto& [name, n] : nodes_) {
     if (n.state != NodeState::kDown && n.control != nullptr) live.push_back(&n);
   }
-  if (static_cast<int>(live.size()) < options_.config.nodes) {
+  // The first plan waits for every node; after a loss, min_nodes (when set)
+  // lets the survivors carry on.
+  const int needed = state_ == "degraded" && options_.config.min_nodes > 0
+                         ? options_.config.min_nodes
+                         : options_.config.nodes;
+  if (static_cast<int>(live.size()) < needed) {
     if (state_ != "degraded") {
       engine_->Detach(absl::StrCat("waiting for nodes: ", live.size(), " of ",
                                    options_.config.nodes, " registered"));

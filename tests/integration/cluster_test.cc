@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <future>
@@ -50,13 +51,15 @@ class ClusterTest : public ::testing::Test {
   static std::string Model(const std::string& name = "model") { return (*dir_ / name).string(); }
 
   // Starts a coordinator waiting for `nodes` nodes, and those nodes.
-  void Start(int nodes, const std::string& token = "", const std::string& model = "") {
+  void Start(int nodes, const std::string& token = "", const std::string& model = "",
+             const std::vector<std::string>& extra = {}) {
     coordinator_addr_ = "127.0.0.1:" + std::to_string(FreePort());
     const std::string dir = model.empty() ? Model() : model;
     std::vector<std::string> argv = {BinaryPath("tandem-coordinator"), "--model", dir,
                                      "--listen", coordinator_addr_, "--nodes",
                                      std::to_string(nodes)};
     if (!token.empty()) argv.insert(argv.end(), {"--cluster-token", token});
+    argv.insert(argv.end(), extra.begin(), extra.end());
     coordinator_ = std::make_unique<Process>(argv, (*dir_ / "coordinator.log").string());
     for (int i = 0; i < nodes; ++i) {
       nodes_.push_back(StartNode("node" + std::to_string(i), token, dir));
@@ -223,6 +226,29 @@ TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {
   Generate("Hello", 4, &refused);
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.err.find("down"), std::string::npos) << refused.err;
+}
+
+TEST_F(ClusterTest, SurvivorsCarryOnWithMinNodes) {
+  Start(3, "", "", {"--min-nodes", "2"});
+  WaitReady();
+  json before = Generate(kPrompts[3], 12);
+  ASSERT_TRUE(before.is_object());
+  nodes_[2]->Stop(SIGKILL);
+  // Down, then re-planned over the two live nodes.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  json status;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    status = Status();
+  } while (std::chrono::steady_clock::now() < deadline &&
+           !(status.is_object() && status.value("state", "") == "ready" &&
+             std::count_if(status["nodes"].begin(), status["nodes"].end(), [](const json& n) {
+               return n.value("state", "") == "down";
+             }) == 1));
+  ASSERT_EQ(status.value("state", ""), "ready") << coordinator_->Log();
+  json after = Generate(kPrompts[3], 12);
+  ASSERT_TRUE(after.is_object());
+  EXPECT_EQ(after["tokens"], before["tokens"]);
 }
 
 TEST_F(ClusterTest, NodesReconnectWhenTheCoordinatorRestarts) {
