@@ -195,6 +195,59 @@ HWY_NOINLINE void DecodeTile(const WeightMatrix& w, int64_t r0, const float* x, 
   }
 }
 
+// One token (T == 1): kRows adjacent rows streamed start to end together,
+// so each thread reads few, long sequential streams (what the hardware
+// prefetchers and DRAM pages like best) while every load of x serves kRows
+// rows; kRows * kChains independent accumulators hide the FMA latency.
+template <DType kType, int kRows>
+HWY_NOINLINE void DecodeRowsSequential(const WeightMatrix& w, int64_t r0, const float* x,
+                                       const float* bias, float* y) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t cols = w.cols;
+  const int64_t row_bytes = RowBytes(w);
+  constexpr int kChains = std::max(1, 4 / kRows);
+  constexpr int64_t kStepBytes = kChains * hn::MaxLanes(DF()) * WeightBytes<kType>();
+  const uint8_t* rows[kRows];
+  for (int r = 0; r < kRows; ++r) rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * row_bytes;
+  VF acc[kRows][kChains];
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kChains; ++u) acc[r][u] = hn::Zero(df);
+  int64_t c = 0;
+  for (; c + kChains * N <= cols; c += kChains * N) {
+    const int64_t offset = c * static_cast<int64_t>(WeightBytes<kType>()) + kPrefetchBytes;
+    for (int r = 0; r < kRows; ++r)
+      for (int64_t b = 0; b < kStepBytes; b += 64) hwy::Prefetch(rows[r] + offset + b);
+    for (int u = 0; u < kChains; ++u) {
+      const VF xv = hn::LoadU(df, x + c + u * N);
+      for (int r = 0; r < kRows; ++r) {
+        acc[r][u] = hn::MulAdd(LoadWeights<kType>(df, rows[r], c + u * N), xv, acc[r][u]);
+      }
+    }
+  }
+  for (; c + N <= cols; c += N) {
+    const VF xv = hn::LoadU(df, x + c);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r][0] = hn::MulAdd(LoadWeights<kType>(df, rows[r], c), xv, acc[r][0]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    VF sum = acc[r][0];
+    for (int u = 1; u < kChains; ++u) sum = hn::Add(sum, acc[r][u]);
+    float s = hn::GetLane(hn::SumOfLanes(df, sum));
+    for (int64_t k = c; k < cols; ++k) s += WeightScalar<kType>(rows[r], k) * x[k];
+    if constexpr (kType == DType::kI8) s *= w.scales[r0 + r];
+    if (bias != nullptr) s += bias[r0 + r];
+    y[r0 + r] = s;
+  }
+}
+
+// The sequential path pays off while x stays in L1 beside the streamed rows
+// (one row at a time measured best there: 1.2-1.35x over the tiled path for
+// bf16/int8 rows of 2048); longer rows go to the tiled path, whose loads of x
+// serve kDecodeRows rows at once.
+constexpr int64_t kSequentialMaxCols = 4096;
+
 // int4: x has been permuted (PermuteForInt4) so that within each block of
 // 2 * Lanes columns of the full-group region the even columns (scaled by
 // 2^-28) come first, then the odd ones, matching the low/high nibble split of
@@ -292,6 +345,16 @@ HWY_INLINE void DecodeRowsTT(const WeightMatrix& w, int64_t r0, int64_t nr, cons
 template <DType kType>
 void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
                    const float* bias, float* y, int64_t full_groups) {
+  if constexpr (kType != DType::kI4) {
+    if (T == 1 && w.cols <= kSequentialMaxCols) {
+      // Contiguous row ranges, several per thread, handed out dynamically.
+      const int64_t chunk = std::max<int64_t>(1, w.rows / (8 * pool.size()));
+      pool.ParallelFor(w.rows, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) DecodeRowsSequential<kType, 1>(w, r, x, bias, y);
+      }, chunk);
+      return;
+    }
+  }
   constexpr int64_t kRows = kDecodeRows<kType>;
   const int64_t num_blocks = (w.rows + kRows - 1) / kRows;
   // Tokens per tile: at most 16 accumulators; int4 keeps a per-group
