@@ -124,6 +124,14 @@ void HttpSession::ReadHeader() {
                           });
 }
 
+void HttpSession::RespondBodyTooLarge() {
+  keep_alive_ = false;
+  RespondError(ApiError::Make(413, "body_too_large", absl::StrCat("the request body is larger than ",
+                                                                  server_->options.max_body_bytes,
+                                                                  " bytes")),
+               /*close=*/true);
+}
+
 void HttpSession::OnHeader(beast::error_code ec) {
   if (closed_) return;
   if (ec == http::error::header_limit) {
@@ -134,10 +142,7 @@ void HttpSession::OnHeader(beast::error_code ec) {
     return;
   }
   if (ec == http::error::body_limit) {
-    keep_alive_ = false;
-    RespondError(ApiError::Make(413, "body_too_large", absl::StrCat("the request body is larger than ",
-                                          server_->options.max_body_bytes, " bytes")),
-                 /*close=*/true);
+    RespondBodyTooLarge();
     return;
   }
   if (ec) {
@@ -181,10 +186,7 @@ void HttpSession::ReadBody() {
 void HttpSession::OnBody(beast::error_code ec) {
   if (closed_) return;
   if (ec == http::error::body_limit) {
-    keep_alive_ = false;
-    RespondError(ApiError::Make(413, "body_too_large", absl::StrCat("the request body is larger than ",
-                                          server_->options.max_body_bytes, " bytes")),
-                 /*close=*/true);
+    RespondBodyTooLarge();
     return;
   }
   if (ec) {

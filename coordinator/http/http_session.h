@@ -82,6 +82,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void HandleCompletion(const Request& request, ApiEndpoint endpoint);
   // Writes a whole response; then reads the next request or closes.
   void Respond(Response response);
+  // 413 with the body limit; the connection closes after it.
+  void RespondBodyTooLarge();
   void RespondError(const ApiError& error, bool close = false);
   void AfterResponse();
   // Half-closes and discards input until the client closes (or a deadline).

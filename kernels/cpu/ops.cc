@@ -11,6 +11,7 @@
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
+#include "kernels/cpu/vector_math-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace tandem::cpu {
@@ -88,19 +89,7 @@ void SoftmaxImpl(float* x, int64_t n) {
     mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
   }
   for (; i < n; ++i) mx = std::max(mx, x[i]);
-  const VF vmx = hn::Set(df, mx);
-  VF vsum = hn::Zero(df);
-  i = 0;
-  for (; i + N <= n; i += N) {
-    const VF e = hn::Exp(df, hn::Sub(hn::LoadU(df, x + i), vmx));
-    hn::StoreU(e, df, x + i);
-    vsum = hn::Add(vsum, e);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
+  const float sum = ExpShiftSum(x, n, mx);
   const VF vinv = hn::Set(df, 1.0f / sum);
   i = 0;
   for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), vinv), df, x + i);

@@ -16,6 +16,7 @@
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
+#include "kernels/cpu/vector_math-inl.h"
 
 #ifndef TANDEM_KERNELS_CPU_PAGED_ATTENTION_SHARED_
 #define TANDEM_KERNELS_CPU_PAGED_ATTENTION_SHARED_
@@ -75,24 +76,6 @@ HWY_INLINE void Axpy(DF df, float a, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-// x[0, n) = exp(x - mx); returns the sum.
-HWY_INLINE float ExpShiftSum(DF df, float* x, int64_t n, float mx) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const VF vmx = hn::Set(df, mx);
-  VF vsum = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const VF e = hn::Exp(df, hn::Sub(hn::LoadU(df, x + i), vmx));
-    hn::StoreU(e, df, x + i);
-    vsum = hn::Add(vsum, e);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
-  return sum;
-}
 
 struct WorkItem {
   int32_t seq;
@@ -140,7 +123,7 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
       float* sr = scores + (t * group + g) * span;
       float mx = sr[0];
       for (int64_t j = 1; j < visible; ++j) mx = std::max(mx, sr[j]);
-      const float inv = 1.0f / ExpShiftSum(df, sr, visible, mx);
+      const float inv = 1.0f / ExpShiftSum(sr, visible, mx);
       for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
     }
   }

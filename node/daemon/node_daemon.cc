@@ -23,26 +23,19 @@ namespace {
 
 constexpr int kKvBlockTokens = 16;
 
-uint64_t MemAvailableBytes() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0;
-  std::string unit;
-  while (meminfo >> key >> kb >> unit) {
-    if (key == "MemAvailable:") return kb * 1024;
-  }
-  return 0;
-}
-
-uint64_t MemTotalBytes() {
+// A /proc/meminfo field ("MemAvailable:", "MemTotal:") in bytes; 0 if absent.
+uint64_t MemInfoBytes(std::string_view field) {
   std::ifstream meminfo("/proc/meminfo");
   std::string key, unit;
   uint64_t kb = 0;
   while (meminfo >> key >> kb >> unit) {
-    if (key == "MemTotal:") return kb * 1024;
+    if (key == field) return kb * 1024;
   }
   return 0;
 }
+
+uint64_t MemAvailableBytes() { return MemInfoBytes("MemAvailable:"); }
+uint64_t MemTotalBytes() { return MemInfoBytes("MemTotal:"); }
 
 std::string HostName() {
   char buf[256] = {};
