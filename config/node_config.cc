@@ -89,7 +89,7 @@ std::vector<Field> MakeFields() {
       [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->coordinator, false); }));
   Field devices;
   devices.key = "devices";
-  devices.help = "cpu, or CUDA devices such as cuda:0,1";
+  devices.help = "cpu (CUDA devices such as cuda:0,1 are parsed, but GPU stages are not available yet)";
   devices.from_yaml = &DevicesFromYaml;
   devices.from_text = [](std::string_view t, NodeConfig* c) -> Status {
     ASSIGN_OR_RETURN(c->devices, ParseDevices(SplitDevices(t)));
@@ -102,7 +102,7 @@ std::vector<Field> MakeFields() {
                                         ASSIGN_OR_RETURN(c->memory_budget, ParseByteSize(t));
                                         return absl::OkStatus();
                                       }));
-  f.push_back(ScalarField<NodeConfig>("kv_budget", "bytes for the KV cache (0: what is left)",
+  f.push_back(ScalarField<NodeConfig>("kv_budget", "bytes for the KV cache (0: a quarter of the memory budget, at most 512MiB)",
                                       [](std::string_view t, NodeConfig* c) -> Status {
                                         ASSIGN_OR_RETURN(c->kv_budget, ParseByteSize(t));
                                         return absl::OkStatus();

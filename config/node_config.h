@@ -29,7 +29,7 @@ struct NodeConfig {
   // Either {cpu} or a set of CUDA devices used for tensor parallelism.
   std::vector<DeviceId> devices = {DeviceId{}};
   uint64_t memory_budget = 0;  // bytes for weights + KV + activations; 0: decide from free memory
-  uint64_t kv_budget = 0;      // bytes for the KV cache; 0: what is left of memory_budget
+  uint64_t kv_budget = 0;      // bytes for the KV cache; 0: memory_budget / 4, at most 512 MiB
   int threads = 0;             // CPU compute threads; 0: all cores
   std::string model;           // Hugging Face model folder
   std::string cluster_token;   // shared secret checked in the hello; empty: none

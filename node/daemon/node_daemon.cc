@@ -75,6 +75,14 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
   d->config_ = config;
   if (d->config_.name.empty()) d->config_.name = HostName();
   if (config.model.empty()) return absl::InvalidArgumentError("no model folder (--model)");
+  for (const DeviceId& d : config.devices) {
+    if (d.kind == DeviceKind::kCuda) {
+      return absl::UnimplementedError(
+          "--devices " + DevicesToString(config.devices) +
+          ": this tandem-node computes on the CPU only; GPU stages are not available yet "
+          "(use --devices cpu)");
+    }
+  }
   ASSIGN_OR_RETURN(d->spec_, LoadModelSpec(config.model));
 
   d->memory_budget_ =
