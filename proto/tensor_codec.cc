@@ -262,12 +262,12 @@ Status TensorEncoder::EncodeChunk(uint32_t index, v1::TensorChunk* out) const {
   const size_t n = std::min<size_t>(chunk, header_.raw_bytes() - begin);
   const uint8_t* src = data_ + begin;
   out->set_index(index);
-  out->set_checksum(XXH64(src, n, 0));
+  out->set_checksum(XXH64(src, n, index));
   std::string* payload = out->mutable_payload();
   if (codec_ == Codec::kQ8) {
     // Lossy: the checksum covers the payload, as the decoded values differ.
     RETURN_IF_ERROR(Q8Encode(dtype_, src, n / ElementBytes(dtype_), payload));
-    out->set_checksum(XXH64(payload->data(), payload->size(), 0));
+    out->set_checksum(XXH64(payload->data(), payload->size(), index));
     return absl::OkStatus();
   }
   if (IsShuffled(codec_)) {
@@ -368,7 +368,7 @@ Status TensorDecoder::DecodeChunk(const v1::TensorChunk& c) {
   uint8_t* dst = dest_.data() + begin;
   Status st;
   if (codec_ == Codec::kQ8) {
-    if (XXH64(c.payload().data(), c.payload().size(), 0) != c.checksum()) {
+    if (XXH64(c.payload().data(), c.payload().size(), index) != c.checksum()) {
       return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(),
                                               ": checksum mismatch"));
     }
@@ -388,7 +388,7 @@ Status TensorDecoder::DecodeChunk(const v1::TensorChunk& c) {
     return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(), " (",
                                             std::string(CodecName(codec_)), "): ", st.message()));
   }
-  if (codec_ != Codec::kQ8 && XXH64(dst, n, 0) != c.checksum()) {
+  if (codec_ != Codec::kQ8 && XXH64(dst, n, index) != c.checksum()) {
     return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(),
                                             ": checksum mismatch"));
   }

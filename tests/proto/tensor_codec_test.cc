@@ -193,6 +193,23 @@ TEST(Decoder, AcceptsChunksInAnyOrderOnce) {
   EXPECT_EQ(std::memcmp(src.data(), dst.data(), src.NumBytes()), 0);
 }
 
+TEST(Decoder, RefusesChunksMovedToAnotherPosition) {
+  // Two equal-sized chunks with their indices swapped: each payload is
+  // intact, but the checksum is seeded with the index, so both are refused.
+  for (Codec codec : {Codec::kNone, Codec::kShuffleZlib, Codec::kQ8}) {
+    Tensor src = MakeActivations(DType::kBF16, {4, 1024}, {.seed = FreshSeed()});
+    auto frame = EncodeTensor(src.view(), {.codec = codec, .chunk_bytes = 1024});
+    ASSERT_TRUE(frame.ok());
+    ASSERT_GT(frame->chunks_size(), 2);
+    v1::TensorFrame f = *frame;
+    f.mutable_chunks(0)->set_index(1);
+    f.mutable_chunks(1)->set_index(0);
+    auto decoded = DecodeTensor(f);
+    ASSERT_FALSE(decoded.ok()) << CodecName(codec);
+    EXPECT_NE(decoded.status().message().find("checksum"), std::string::npos) << decoded.status();
+  }
+}
+
 TEST(Decoder, RefusesMismatchedDestination) {
   Tensor src = MakeActivations(DType::kBF16, {4, 64}, {});
   auto frame = EncodeTensor(src.view(), {});

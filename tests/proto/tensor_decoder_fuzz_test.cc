@@ -5,6 +5,7 @@
 // in the debug-asan preset).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -65,8 +66,14 @@ class Mutator {
   std::mt19937_64 rng_;
 };
 
+// A fresh seed each run; TANDEM_FUZZ_SEED replays one a failure printed.
+uint64_t FuzzSeed() {
+  if (const char* env = std::getenv("TANDEM_FUZZ_SEED")) return std::strtoull(env, nullptr, 10);
+  return std::random_device{}();
+}
+
 TEST(TensorDecoderFuzz, MalformedFramesReturnErrors) {
-  const uint64_t seed = std::random_device{}();
+  const uint64_t seed = FuzzSeed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   Mutator m(seed);
   DecodeLimits limits{.max_raw_bytes = 1 << 22, .max_chunk_bytes = 1 << 20, .max_chunks = 1024};
@@ -127,7 +134,9 @@ TEST(TensorDecoderFuzz, MalformedFramesReturnErrors) {
 }
 
 TEST(TensorDecoderFuzz, RandomHeadersNeverAllocateBeyondLimits) {
-  Mutator m(std::random_device{}());
+  const uint64_t seed = FuzzSeed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  Mutator m(seed);
   DecodeLimits limits{.max_raw_bytes = 1 << 20, .max_chunk_bytes = 1 << 16, .max_chunks = 64};
   for (int iter = 0; iter < 3000; ++iter) {
     v1::TensorFrame f;
