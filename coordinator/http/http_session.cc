@@ -532,20 +532,20 @@ void HttpSession::OnWatch(beast::error_code ec, size_t bytes) {
     buffer_.clear();
     return LingerAndClose();
   }
+  if (!ec) buffer_.commit(bytes);
+  if (read_after_watch_) {
+    // The response went out while this read was pending, and AfterResponse
+    // cancelled it: whatever arrived is the start of the next request.
+    read_after_watch_ = false;
+    if (ec && ec != net::error::operation_aborted) return Close();
+    return ReadHeader();
+  }
   if (ec) {
     // The client went away (or timed out): its request is cancelled in Close.
     Close();
     return;
   }
-  buffer_.commit(bytes);
-  if (gen_.has_value()) {
-    Watch();  // a pipelined next request: keep it, keep watching
-    return;
-  }
-  if (read_after_watch_) {
-    read_after_watch_ = false;
-    ReadHeader();
-  }
+  if (gen_.has_value()) Watch();  // a pipelined next request: keep it, keep watching
 }
 
 void HttpSession::Respond(Response response) {
@@ -595,9 +595,11 @@ void HttpSession::AfterResponse() {
   if (closed_) return;
   if (!keep_alive_) return LingerAndClose();
   if (watching_) {
-    // The watch read is still out; the next request is read once it returns.
+    // The watch read is still out and may never return if the client already
+    // sent its next request: cancel it; OnWatch then reads the next request.
     read_after_watch_ = true;
-    stream_.expires_after(std::chrono::seconds(server_->options.idle_timeout_s));
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);
     return;
   }
   ReadHeader();

@@ -480,6 +480,35 @@ TEST_F(HttpServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
   }
 }
 
+TEST_F(HttpServerTest, PipelinedRequestAfterAStreamIsServed) {
+  // The second request arrives while the first still streams: the server
+  // must hold it and answer it once the stream ends.
+  backend_.set_token_delay_ms(5);
+  net::io_context ioc;
+  beast::tcp_stream stream(ioc);
+  stream.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port_)));
+  for (bool streamed : {true, false}) {
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "x");
+    req.body() = ChatBody("pipelined", {{"stream", streamed}}).dump();
+    req.prepare_payload();
+    http::write(stream, req);
+  }
+  beast::flat_buffer buffer;
+  for (int i = 0; i < 2; ++i) {
+    http::response<http::string_body> res;
+    beast::error_code ec;
+    stream.expires_after(std::chrono::seconds(10));  // a hang fails the test instead
+    http::async_read(stream, buffer, res, [&](beast::error_code e, size_t) { ec = e; });
+    ioc.restart();
+    ioc.run();
+    ASSERT_FALSE(ec) << "response " << i << ": " << ec.message();
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_NE(res.body().find(i == 0 ? "data: [DONE]" : "The end."), std::string::npos)
+        << res.body();
+  }
+}
+
 TEST_F(HttpServerTest, HundredConcurrentStreamsAllComplete) {
   constexpr int kClients = 100;
   backend_.set_token_delay_ms(2);
