@@ -1,0 +1,48 @@
+#pragma once
+// Attention over a paged KV cache on the GPU for a mixed batch (decode steps
+// and prefill chunks in one call), the counterpart of
+// kernels/cpu/paged_attention.h with the same cache layout and causal rule.
+// The batch is described per query row rather than per sequence, so one
+// launch covers every row whatever sequence it belongs to.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace tandem::cuda {
+
+// The KV cache of one layer in device memory (f32, as on the CPU):
+// k, v: [num_blocks, block_size, num_kv_heads, head_dim].
+struct DevicePagedKv {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t num_blocks = 0;
+  int block_size = 16;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+};
+
+// Per query row, in device memory. Row t of q/k/v/out is the token at
+// absolute position positions[t] of its sequence, whose block table starts at
+// block_tables + table_offsets[t] (position p lives in block
+// table[p / block_size], slot p % block_size). positions[t] < 0 marks a row
+// that belongs to no sequence: it is neither written nor attended, and its
+// output is left untouched. The host validated every id and position.
+struct DeviceAttentionRows {
+  const int32_t* positions = nullptr;
+  const int64_t* table_offsets = nullptr;
+  const int32_t* block_tables = nullptr;
+  int64_t rows = 0;
+};
+
+// Stores row t of k and v ([rows, num_kv_heads, head_dim]) at positions[t].
+void WriteKv(const DevicePagedKv& cache, const float* k, const float* v,
+             const DeviceAttentionRows& rows, cudaStream_t stream);
+
+// out[t][h] = sum over positions j <= positions[t] of
+// softmax_j(scale * q[t][h] · K[j][kvh]) V[j][kvh], kvh = h / (num_heads /
+// num_kv_heads), with the keys and values of every row already written.
+// q, out: [rows, num_heads, head_dim]; head_dim <= 256.
+void PagedAttention(const float* q, const DevicePagedKv& cache, const DeviceAttentionRows& rows,
+                    int num_heads, float scale, float* out, cudaStream_t stream);
+
+}  // namespace tandem::cuda
