@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +20,7 @@
 #include "proto/codec_selector.h"
 #include "proto/echo_client.h"
 #include "proto/echo_service.h"
+#include "proto/grpc_channel.h"
 #include "proto/hello.h"
 #include "proto/tcp_echo.h"
 #include "proto/tensor_codec.h"
@@ -43,6 +44,7 @@ struct CommFlags {
   int chunk_kib = 1024;
   bool json = false;
   bool csv = false;
+  bool malloc_defaults = false;
 };
 
 struct Row {
@@ -50,6 +52,7 @@ struct Row {
   std::string dtype, codec, chosen, transport;
   uint64_t raw_bytes = 0, wire_bytes = 0;
   double compress_ms = 0, transmit_ms = 0, decompress_ms = 0, total_ms = 0, throughput_mbps = 0;
+  double rtt_ms = 0;  // median round trip of a tiny message between the repeats
 };
 
 double Seconds() {
@@ -93,8 +96,8 @@ v1::Hello BenchHello(const CommFlags& f) {
 // One connection per transport, measured cell by cell.
 class Bench {
  public:
-  Bench(const CommFlags& flags, std::string transport, std::unique_ptr<EchoConnection> conn)
-      : flags_(flags), transport_(std::move(transport)), conn_(std::move(conn)) {}
+  Bench(std::string transport, std::unique_ptr<EchoConnection> conn)
+      : transport_(std::move(transport)), conn_(std::move(conn)) {}
 
   Status MeasureLatency() {
     std::vector<double> rtts;
@@ -139,48 +142,58 @@ class Bench {
                      .large_frame_bytes = probe.NumBytes()};
   }
 
-  StatusOr<Row> MeasureCell(const Tensor& src, Codec codec, Codec chosen, const CodecOptions& base) {
-    CodecOptions o = base;
-    o.codec = chosen;
-    ASSIGN_OR_RETURN(TensorEncoder enc, TensorEncoder::Create(src.view(), o));
-    std::vector<double> compress, transmit, decompress, total;
+  // The samples of one cell, filled by Measure() one repeat at a time so
+  // that the transports of a comparison take turns (same load, same heap).
+  struct Cell {
+    // transmit and total still include the ack's way back; Summarize takes
+    // off half the median round trip of the pings sent between repeats, so
+    // that both are measured under the same load as the frames.
+    std::vector<double> compress, transmit, decompress, total, rtt;
     uint64_t wire = 0;
-    Tensor dst(src.dtype(), src.shape());
-    for (int r = 0; r < flags_.warmup + flags_.repeats; ++r) {
-      const bool keep = r >= flags_.warmup;
-      // Compress alone.
-      double t0 = Seconds();
-      ASSIGN_OR_RETURN(auto messages, EncodeChunkMessages(enc));
-      const double c = Seconds() - t0;
-      wire = 0;
-      for (const auto& m : messages) wire += m.chunk().payload().size();
-      // Transmission of the encoded chunks, until the last one has arrived
-      // (the ack's way back, half a round trip, is taken off).
-      t0 = Seconds();
-      ASSIGN_OR_RETURN(EchoFrameResult acked,
-                       EchoEncoded(*conn_, enc.header(), messages, v1::ECHO_MODE_ACK));
-      const double t = Seconds() - t0 - rtt_s_ / 2;
-      if (acked.wire_bytes != wire) return absl::DataLossError("echo: wire byte count differs");
-      // Decompress alone.
-      t0 = Seconds();
-      ASSIGN_OR_RETURN(TensorDecoder dec,
-                       TensorDecoder::Create(enc.header(), {dst.As<uint8_t>(), dst.NumBytes()}));
-      for (const auto& m : messages) RETURN_IF_ERROR(dec.DecodeChunk(m.chunk()));
-      RETURN_IF_ERROR(dec.Finish());
-      const double d = Seconds() - t0;
-      // The real path: encode chunk k+1 while chunk k is on the wire, the
-      // far side decoding each chunk as it arrives.
-      t0 = Seconds();
-      ASSIGN_OR_RETURN(EchoFrameResult piped, EchoFrame(*conn_, enc, v1::ECHO_MODE_DECODE));
-      const double total_s = Seconds() - t0 - rtt_s_ / 2;
-      (void)piped;
-      if (keep) {
-        compress.push_back(c);
-        transmit.push_back(t);
-        decompress.push_back(d);
-        total.push_back(total_s);
-      }
+  };
+
+  // One repeat of a cell: compress alone, transmit alone, decompress alone,
+  // and the pipelined path. Appends to `cell` when `keep`.
+  Status Measure(const TensorEncoder& enc, Tensor& dst, bool keep, Cell& cell) {
+    // Compress alone.
+    double t0 = Seconds();
+    ASSIGN_OR_RETURN(auto messages, EncodeChunkMessages(enc));
+    const double c = Seconds() - t0;
+    uint64_t wire = 0;
+    for (const auto& m : messages) wire += m.chunk().payload().size();
+    // Transmission of the encoded chunks, until the last one has arrived
+    // (with the ack's way back, taken off in Summarize).
+    t0 = Seconds();
+    ASSIGN_OR_RETURN(EchoFrameResult acked,
+                     EchoEncoded(*conn_, enc.header(), messages, v1::ECHO_MODE_ACK));
+    const double t = Seconds() - t0;
+    if (acked.wire_bytes != wire) return absl::DataLossError("echo: wire byte count differs");
+    // Decompress alone.
+    t0 = Seconds();
+    ASSIGN_OR_RETURN(TensorDecoder dec,
+                     TensorDecoder::Create(enc.header(), {dst.As<uint8_t>(), dst.NumBytes()}));
+    for (const auto& m : messages) RETURN_IF_ERROR(dec.DecodeChunk(m.chunk()));
+    RETURN_IF_ERROR(dec.Finish());
+    const double d = Seconds() - t0;
+    // The real path: encode chunk k+1 while chunk k is on the wire, the
+    // far side decoding each chunk as it arrives.
+    t0 = Seconds();
+    ASSIGN_OR_RETURN(EchoFrameResult piped, EchoFrame(*conn_, enc, v1::ECHO_MODE_DECODE));
+    const double total_s = Seconds() - t0;
+    (void)piped;
+    ASSIGN_OR_RETURN(const double rtt, EchoPing(*conn_));
+    if (keep) {
+      cell.rtt.push_back(rtt);
+      cell.compress.push_back(c);
+      cell.transmit.push_back(t);
+      cell.decompress.push_back(d);
+      cell.total.push_back(total_s);
+      cell.wire = wire;
     }
+    return absl::OkStatus();
+  }
+
+  Row Summarize(const Tensor& src, Codec codec, Codec chosen, const Cell& cell) const {
     Row row;
     row.shape.assign(src.shape().dims().begin(), src.shape().dims().end());
     row.dtype = std::string(DTypeName(src.dtype()));
@@ -188,20 +201,22 @@ class Bench {
     row.chosen = std::string(CodecName(chosen));
     row.transport = transport_;
     row.raw_bytes = src.NumBytes();
-    row.wire_bytes = wire;
-    row.compress_ms = Median(compress) * 1e3;
-    row.transmit_ms = Median(transmit) * 1e3;
-    row.decompress_ms = Median(decompress) * 1e3;
-    row.total_ms = Median(total) * 1e3;
+    row.wire_bytes = cell.wire;
+    const double rtt = Median(cell.rtt);
+    row.compress_ms = Median(cell.compress) * 1e3;
+    row.transmit_ms = std::max(Median(cell.transmit) - rtt / 2, 0.0) * 1e3;
+    row.decompress_ms = Median(cell.decompress) * 1e3;
+    row.total_ms = std::max(Median(cell.total) - rtt / 2, 0.0) * 1e3;
     row.throughput_mbps = row.total_ms > 0 ? static_cast<double>(row.raw_bytes) / (row.total_ms * 1e3) : 0;
+    row.rtt_ms = rtt * 1e3;
     return row;
   }
 
   double rtt_s() const { return rtt_s_; }
+  const std::string& transport() const { return transport_; }
   Status Close() { return conn_->Close(); }
 
  private:
-  const CommFlags& flags_;
   std::string transport_;
   std::unique_ptr<EchoConnection> conn_;
   double rtt_s_ = 0;
@@ -227,7 +242,8 @@ void PrintRows(const std::vector<Row>& rows, const CommFlags& f) {
                           {"transmit_ms", r.transmit_ms},
                           {"decompress_ms", r.decompress_ms},
                           {"total_ms", r.total_ms},
-                          {"throughput_mbps", r.throughput_mbps}};
+                          {"throughput_mbps", r.throughput_mbps},
+                          {"rtt_ms", r.rtt_ms}};
       if (r.codec == "auto") j["chosen_codec"] = r.chosen;
       out.push_back(j);
     }
@@ -236,15 +252,15 @@ void PrintRows(const std::vector<Row>& rows, const CommFlags& f) {
   }
   if (f.csv) {
     std::printf("shape,dtype,codec,chosen_codec,transport,raw_bytes,wire_bytes,compress_ms,transmit_ms,"
-                "decompress_ms,total_ms,throughput_mbps\n");
+                "decompress_ms,total_ms,throughput_mbps,rtt_ms\n");
     for (const Row& r : rows) {
       std::string shape;
       for (size_t i = 0; i < r.shape.size(); ++i) shape += (i ? "x" : "") + std::to_string(r.shape[i]);
-      std::printf("%s,%s,%s,%s,%s,%llu,%llu,%.4f,%.4f,%.4f,%.4f,%.2f\n", shape.c_str(),
+      std::printf("%s,%s,%s,%s,%s,%llu,%llu,%.4f,%.4f,%.4f,%.4f,%.2f,%.4f\n", shape.c_str(),
                   r.dtype.c_str(), r.codec.c_str(), r.chosen.c_str(), r.transport.c_str(),
                   static_cast<unsigned long long>(r.raw_bytes),
                   static_cast<unsigned long long>(r.wire_bytes), r.compress_ms, r.transmit_ms,
-                  r.decompress_ms, r.total_ms, r.throughput_mbps);
+                  r.decompress_ms, r.total_ms, r.throughput_mbps, r.rtt_ms);
     }
     return;
   }
@@ -290,6 +306,8 @@ Status Run(const CommFlags& f) {
   if (f.chunk_kib < 1 || f.chunk_kib > 65536) {
     return absl::InvalidArgumentError("--chunk-kib must be in 1..65536");
   }
+  // Large buffers stay mapped between frames (RetainLargeBufferMemory).
+  if (!f.malloc_defaults) RetainLargeBufferMemory();
   if (!f.serve.empty()) return Serve(f);
   auto dtype = DTypeFromName(f.dtype);
   if (!dtype.has_value() || !(*dtype == DType::kBF16 || *dtype == DType::kF16 || *dtype == DType::kF32)) {
@@ -339,8 +357,11 @@ Status Run(const CommFlags& f) {
     tcp_port = hp.second + 1;
   }
 
-  std::vector<Row> rows;
-  std::map<std::string, LinkModel> links;
+  // Every transport's connection is open for the whole run, and each repeat
+  // of a cell visits the transports in turn: a comparison then sees the same
+  // machine load and the same warmed-up heap on both sides.
+  std::vector<Bench> benches;
+  std::vector<LinkModel> links;
   for (const std::string& transport : f.transports) {
     std::unique_ptr<EchoConnection> conn;
     if (transport == "grpc") {
@@ -348,7 +369,7 @@ Status Run(const CommFlags& f) {
     } else {
       ASSIGN_OR_RETURN(conn, ConnectTcpEcho(host, tcp_port, mine));
     }
-    Bench bench(f, transport, std::move(conn));
+    Bench& bench = benches.emplace_back(transport, std::move(conn));
     RETURN_IF_ERROR(bench.MeasureLatency());
     LinkModel link;
     if (selector.has_value()) {
@@ -356,19 +377,39 @@ Status Run(const CommFlags& f) {
       std::fprintf(stderr, "%s link: %.1f MB/s, round trip %.3f ms\n", transport.c_str(),
                    link.bytes_per_s / 1e6, bench.rtt_s() * 1e3);
     }
-    uint64_t seed = 1;
-    for (const Shape& shape : shapes) {
-      Tensor src = MakeActivations(*dtype, shape, {.seed = seed++});
-      for (Codec codec : codecs) {
-        const Codec chosen = codec == Codec::kAuto ? selector->Choose(src.NumBytes(), link) : codec;
-        ASSIGN_OR_RETURN(Row row, bench.MeasureCell(src, codec, chosen, base));
-        rows.push_back(std::move(row));
+    links.push_back(link);
+  }
+  std::vector<std::vector<Row>> rows(benches.size());
+  uint64_t seed = 1;
+  for (const Shape& shape : shapes) {
+    Tensor src = MakeActivations(*dtype, shape, {.seed = seed++});
+    Tensor dst(src.dtype(), src.shape());
+    for (Codec codec : codecs) {
+      std::vector<Codec> chosen;
+      std::vector<std::optional<TensorEncoder>> encoders;
+      for (size_t b = 0; b < benches.size(); ++b) {
+        chosen.push_back(codec == Codec::kAuto ? selector->Choose(src.NumBytes(), links[b]) : codec);
+        CodecOptions o = base;
+        o.codec = chosen.back();
+        ASSIGN_OR_RETURN(TensorEncoder enc, TensorEncoder::Create(src.view(), o));
+        encoders.emplace_back(std::move(enc));
+      }
+      std::vector<Bench::Cell> cells(benches.size());
+      for (int r = 0; r < f.warmup + f.repeats; ++r) {
+        for (size_t b = 0; b < benches.size(); ++b) {
+          RETURN_IF_ERROR(benches[b].Measure(*encoders[b], dst, r >= f.warmup, cells[b]));
+        }
+      }
+      for (size_t b = 0; b < benches.size(); ++b) {
+        rows[b].push_back(benches[b].Summarize(src, codec, chosen[b], cells[b]));
       }
     }
-    RETURN_IF_ERROR(bench.Close());
   }
+  for (Bench& bench : benches) RETURN_IF_ERROR(bench.Close());
   if (local_grpc.server) local_grpc.server->Shutdown();
-  PrintRows(rows, f);
+  std::vector<Row> all;
+  for (auto& per_transport : rows) all.insert(all.end(), per_transport.begin(), per_transport.end());
+  PrintRows(all, f);
   return absl::OkStatus();
 }
 
@@ -392,6 +433,9 @@ std::function<int()> SetupComm(CLI::App& sub) {
   sub.add_option("--zlib-level", f->zlib_level, "zlib level 0..9")->capture_default_str();
   sub.add_option("--zstd-level", f->zstd_level, "zstd level")->capture_default_str();
   sub.add_option("--chunk-kib", f->chunk_kib, "raw KiB per chunk")->capture_default_str();
+  sub.add_flag("--malloc-defaults", f->malloc_defaults,
+               "keep glibc's allocator thresholds (freed large buffers return to the kernel, "
+               "so every frame faults its pages in again)");
   auto* json = sub.add_flag("--json", f->json, "print rows as a JSON array");
   sub.add_flag("--csv", f->csv, "print rows as CSV")->excludes(json);
   return [f]() {

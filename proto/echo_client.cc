@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "grpcpp/client_context.h"
+#include "grpcpp/support/sync_stream.h"
+#include "proto/chunk_wire.h"
 #include "proto/frame_stream.h"
 #include "proto/grpc_channel.h"
 #include "proto/hello.h"
@@ -19,11 +21,17 @@ Status FromGrpc(const grpc::Status& s, const std::string& what) {
                       absl::StrCat(what, ": ", s.error_message()));
 }
 
+// The stream carries byte buffers (chunk_wire.h): chunk payloads go to gRPC
+// as slices of their own buffers instead of being serialized into new ones.
 class GrpcEchoConnection final : public EchoConnection {
  public:
   explicit GrpcEchoConnection(std::string target)
-      : target_(std::move(target)), channel_(MakeChannel(target_)), stub_(v1::Node::NewStub(channel_)) {
-    stream_ = stub_->Echo(&context_);
+      : target_(std::move(target)),
+        channel_(MakeChannel(target_)),
+        method_(EchoMethodName(), grpc::internal::RpcMethod::BIDI_STREAMING, channel_) {
+    // What the generated stub does, with byte buffers in place of messages.
+    stream_.reset(grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+        channel_.get(), method_, &context_));
   }
   ~GrpcEchoConnection() override {
     if (!closed_) {
@@ -33,12 +41,26 @@ class GrpcEchoConnection final : public EchoConnection {
   }
 
   Status Write(const v1::EchoMessage& m) override {
-    if (!stream_->Write(m)) return ClosedError("write");
+    ASSIGN_OR_RETURN(grpc::ByteBuffer buffer, MessageBuffer(m));
+    return WriteBuffer(buffer);
+  }
+  Status WriteHead(const v1::EchoMessage& m) override {
+    ASSIGN_OR_RETURN(grpc::ByteBuffer buffer, MessageBuffer(m));
+    if (!stream_->Write(buffer, grpc::WriteOptions().set_buffer_hint())) return ClosedError("write");
     return absl::OkStatus();
   }
+  Status WriteChunk(v1::TensorChunk&& chunk) override {
+    grpc::ByteBuffer buffer = ChunkMessageBuffer(v1::EchoMessage::kChunkFieldNumber, std::move(chunk));
+    return WriteBuffer(buffer);
+  }
+  Status WriteBorrowedChunk(const v1::TensorChunk& chunk) override {
+    grpc::ByteBuffer buffer = BorrowedChunkMessageBuffer(v1::EchoMessage::kChunkFieldNumber, chunk);
+    return WriteBuffer(buffer);
+  }
   Status Read(v1::EchoMessage* m) override {
-    if (!stream_->Read(m)) return ClosedError("read");
-    return absl::OkStatus();
+    grpc::ByteBuffer buffer;
+    if (!stream_->Read(&buffer)) return ClosedError("read");
+    return ParseMessageBuffer(buffer, m);
   }
   Status Close() override {
     closed_ = true;
@@ -49,6 +71,17 @@ class GrpcEchoConnection final : public EchoConnection {
   void set_peer(const v1::Hello& h) { peer_ = h; }
 
  private:
+  // "/tandem.v1.Node/Echo", from the generated service.
+  static const char* EchoMethodName() {
+    static const std::string* name =
+        new std::string(absl::StrCat("/", v1::Node::service_full_name(), "/Echo"));
+    return name->c_str();
+  }
+
+  Status WriteBuffer(const grpc::ByteBuffer& buffer) {
+    if (!stream_->Write(buffer)) return ClosedError("write");
+    return absl::OkStatus();
+  }
   // The stream broke: its final status says why.
   Status ClosedError(const std::string& op) {
     closed_ = true;
@@ -61,9 +94,9 @@ class GrpcEchoConnection final : public EchoConnection {
 
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Node::Stub> stub_;
+  grpc::internal::RpcMethod method_;
   grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::EchoMessage, v1::EchoMessage>> stream_;
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream_;
   bool closed_ = false;
 };
 
@@ -105,7 +138,29 @@ v1::EchoMessage BeginMessage(const v1::TensorHeader& header, v1::EchoMode mode) 
   return m;
 }
 
+// The begin, then the chunks as they are encoded; the begin waits to go out
+// with the first chunk.
+Status SendFrame(EchoConnection& conn, const TensorEncoder& encoder, v1::EchoMode mode) {
+  v1::EchoMessage begin = BeginMessage(encoder.header(), mode);
+  if (encoder.num_chunks() == 0) return conn.Write(begin);
+  RETURN_IF_ERROR(conn.WriteHead(begin));
+  return StreamChunks(encoder,
+                      [&](v1::TensorChunk& chunk) { return conn.WriteChunk(std::move(chunk)); });
+}
+
 }  // namespace
+
+Status EchoConnection::WriteChunk(v1::TensorChunk&& chunk) {
+  v1::EchoMessage m;
+  m.mutable_chunk()->Swap(&chunk);  // no payload copy
+  return Write(m);
+}
+
+Status EchoConnection::WriteBorrowedChunk(const v1::TensorChunk& chunk) {
+  v1::EchoMessage m;
+  *m.mutable_chunk() = chunk;
+  return Write(m);
+}
 
 StatusOr<std::unique_ptr<EchoConnection>> ConnectGrpcEcho(const std::string& target,
                                                           const v1::Hello& mine) {
@@ -132,14 +187,7 @@ StatusOr<EchoFrameResult> EchoFrame(EchoConnection& conn, const TensorEncoder& e
   if (mode == v1::ECHO_MODE_ECHO) {
     reader = std::thread([&] { echoed.emplace(AwaitAck(conn, mode, echo_dest)); });
   }
-  v1::EchoMessage msg;
-  Status sent = conn.Write(BeginMessage(encoder.header(), mode));
-  if (sent.ok()) {
-    sent = StreamChunks(encoder, [&](v1::TensorChunk& chunk) {
-      msg.mutable_chunk()->Swap(&chunk);  // no payload copy
-      return conn.Write(msg);
-    });
-  }
+  Status sent = SendFrame(conn, encoder, mode);
   if (reader.joinable()) {
     if (!sent.ok()) conn.Cancel();  // unblocks the reader
     reader.join();
@@ -161,8 +209,19 @@ StatusOr<std::vector<v1::EchoMessage>> EncodeChunkMessages(const TensorEncoder& 
 StatusOr<EchoFrameResult> EchoEncoded(EchoConnection& conn, const v1::TensorHeader& header,
                                       const std::vector<v1::EchoMessage>& messages,
                                       v1::EchoMode mode) {
-  RETURN_IF_ERROR(conn.Write(BeginMessage(header, mode)));
-  for (const v1::EchoMessage& m : messages) RETURN_IF_ERROR(conn.Write(m));
+  v1::EchoMessage begin = BeginMessage(header, mode);
+  if (messages.empty()) {
+    RETURN_IF_ERROR(conn.Write(begin));
+    return AwaitAck(conn, mode, {});
+  }
+  RETURN_IF_ERROR(conn.WriteHead(begin));
+  for (const v1::EchoMessage& m : messages) {
+    if (m.kind_case() == v1::EchoMessage::kChunk) {
+      RETURN_IF_ERROR(conn.WriteBorrowedChunk(m.chunk()));  // `messages` outlives the ack
+    } else {
+      RETURN_IF_ERROR(conn.Write(m));
+    }
+  }
   return AwaitAck(conn, mode, {});
 }
 

@@ -18,6 +18,15 @@ class EchoConnection {
  public:
   virtual ~EchoConnection() = default;
   virtual Status Write(const v1::EchoMessage& message) = 0;
+  // Sends a message that another write follows at once (a frame's begin):
+  // the transport may hold it back to send both together.
+  virtual Status WriteHead(const v1::EchoMessage& message) { return Write(message); }
+  // Sends a chunk message, taking over the chunk's payload (gRPC sends it
+  // from that buffer, without a copy).
+  virtual Status WriteChunk(v1::TensorChunk&& chunk);
+  // Sends a chunk message whose payload the caller keeps alive and
+  // unchanged until the frame's ack has been read.
+  virtual Status WriteBorrowedChunk(const v1::TensorChunk& chunk);
   virtual Status Read(v1::EchoMessage* message) = 0;
   // Half-closes and waits for the server's final status.
   virtual Status Close() = 0;

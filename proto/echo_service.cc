@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "grpcpp/server_builder.h"
+#include "proto/chunk_wire.h"
 #include "proto/echo_session.h"
 #include "proto/grpc_channel.h"
 
@@ -17,9 +18,9 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 // One read and one write may be in flight at once; replies queue up in
 // order. Reading pauses while too many replies wait (echo mode), so a peer
 // that does not read cannot make the queue grow without bound.
-class EchoReactor final : public grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage> {
+class EchoStreamReactor final : public EchoReactor {
  public:
-  EchoReactor(const v1::Hello& mine, const DecodeLimits& limits) : session_(mine, limits) {
+  EchoStreamReactor(const v1::Hello& mine, const DecodeLimits& limits) : session_(mine, limits) {
     StartRead(&in_);
   }
 
@@ -30,10 +31,7 @@ class EchoReactor final : public grpc::ServerBidiReactor<v1::EchoMessage, v1::Ec
       MaybeFinish(grpc::Status::OK);
       return;
     }
-    Status st = session_.Handle(std::move(in_), [this](v1::EchoMessage&& m) {
-      out_.push_back(std::move(m));
-    });
-    in_.Clear();
+    Status st = Handle();
     if (!st.ok()) {
       reading_done_ = true;
       MaybeFinish(grpc::Status(ToGrpcCode(st.code()), std::string(st.message())));
@@ -73,6 +71,28 @@ class EchoReactor final : public grpc::ServerBidiReactor<v1::EchoMessage, v1::Ec
  private:
   static constexpr size_t kMaxQueued = 8;
 
+  // Passes the message in `in_` to the session; chunks stay in their slices.
+  Status Handle() {
+    const auto reply = [this](v1::EchoMessage&& m) {
+      StatusOr<grpc::ByteBuffer> buffer = MessageBuffer(m);
+      CHECK(buffer.ok());  // serializing a message we built cannot fail
+      out_.push_back(std::move(buffer).value());
+    };
+    RETURN_IF_ERROR(received_.Reset(in_));
+    ChunkView chunk;
+    ASSIGN_OR_RETURN(bool is_chunk, received_.AsChunk(v1::EchoMessage::kChunkFieldNumber, &chunk));
+    Status st;
+    if (is_chunk) {
+      st = session_.HandleChunk(chunk, [&] { out_.push_back(received_.Buffer()); }, reply);
+    } else {
+      v1::EchoMessage message;
+      st = received_.Parse(&message);
+      if (st.ok()) st = session_.Handle(std::move(message), reply);
+    }
+    received_.Release();
+    return st;
+  }
+
   void StartNextWrite() {
     if (writing_ || out_.empty() || finished_) return;
     writing_ = true;
@@ -90,8 +110,9 @@ class EchoReactor final : public grpc::ServerBidiReactor<v1::EchoMessage, v1::Ec
 
   std::mutex mu_;
   EchoSession session_;
-  v1::EchoMessage in_;
-  std::deque<v1::EchoMessage> out_;
+  grpc::ByteBuffer in_;
+  ReceivedMessage received_;
+  std::deque<grpc::ByteBuffer> out_;
   bool writing_ = false;
   bool read_paused_ = false;
   bool reading_done_ = false;
@@ -102,13 +123,11 @@ class EchoReactor final : public grpc::ServerBidiReactor<v1::EchoMessage, v1::Ec
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* NewEchoReactor(
-    const v1::Hello& mine, const DecodeLimits& limits) {
-  return new EchoReactor(mine, limits);
+EchoReactor* NewEchoReactor(const v1::Hello& mine, const DecodeLimits& limits) {
+  return new EchoStreamReactor(mine, limits);
 }
 
-grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* EchoService::Echo(
-    grpc::CallbackServerContext* /*context*/) {
+EchoReactor* EchoService::Echo(grpc::CallbackServerContext* /*context*/) {
   return NewEchoReactor(mine_, limits_);
 }
 

@@ -1,8 +1,10 @@
 #pragma once
 // The Echo RPC of the Node service (tandem/v1/node.proto), used by
-// `tandem-bench comm` to measure a link. NewEchoReactor is what a Node
-// service implementation returns from Echo(); EchoService is a Node service
-// with only Echo implemented, for a standalone echo server.
+// `tandem-bench comm` to measure a link. The method is served raw (byte
+// buffers, chunk_wire.h), so chunk payloads are decoded where they arrived
+// and echoed without a copy. A Node service derives from NodeServiceBase
+// and returns NewEchoReactor from Echo(); EchoService is a Node service with
+// only Echo implemented, for a standalone echo server.
 #include <memory>
 #include <string>
 
@@ -12,15 +14,19 @@
 
 namespace tandem {
 
-grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* NewEchoReactor(
-    const v1::Hello& mine, const DecodeLimits& limits);
+// The callback Node service with Echo taking byte buffers.
+using NodeServiceBase = v1::Node::WithCallbackMethod_Forward<
+    v1::Node::WithCallbackMethod_ReleaseSequences<v1::Node::WithCallbackMethod_LoadShard<
+        v1::Node::WithRawCallbackMethod_Echo<v1::Node::Service>>>>;
+using EchoReactor = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
 
-class EchoService final : public v1::Node::CallbackService {
+EchoReactor* NewEchoReactor(const v1::Hello& mine, const DecodeLimits& limits);
+
+class EchoService final : public NodeServiceBase {
  public:
   explicit EchoService(v1::Hello mine, DecodeLimits limits = {})
       : mine_(std::move(mine)), limits_(limits) {}
-  grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* Echo(
-      grpc::CallbackServerContext* context) override;
+  EchoReactor* Echo(grpc::CallbackServerContext* context) override;
 
  private:
   v1::Hello mine_;

@@ -53,23 +53,32 @@ Status EchoSession::Handle(v1::EchoMessage&& in, const Reply& reply) {
       return absl::OkStatus();
     }
     case v1::EchoMessage::kChunk: {
-      if (!in_frame_) return absl::FailedPreconditionError("echo: chunk outside a frame");
-      ++received_chunks_;
-      wire_bytes_ += in.chunk().payload().size();
-      if (mode_ == v1::ECHO_MODE_DECODE && decoder_.has_value() && error_.empty()) {
-        const auto t0 = std::chrono::steady_clock::now();
-        Status st = decoder_->DecodeChunk(in.chunk());
-        decode_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (!st.ok()) error_ = std::string(st.message());
-      } else if (mode_ == v1::ECHO_MODE_ECHO) {
-        reply(std::move(in));
-      }
-      if (received_chunks_ == expected_chunks_) FinishFrame(reply);
-      return absl::OkStatus();
+      const std::string& payload = in.chunk().payload();
+      ChunkView view{.index = in.chunk().index(), .checksum = in.chunk().checksum(), .payload = {}};
+      view.payload.emplace_back(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+      return HandleChunk(view, [&] { reply(std::move(in)); }, reply);
     }
     default:
       return absl::FailedPreconditionError("echo: unexpected message");
   }
+}
+
+Status EchoSession::HandleChunk(const ChunkView& chunk, const std::function<void()>& echo,
+                                const Reply& reply) {
+  if (!greeted_) return absl::FailedPreconditionError("echo stream must start with a hello");
+  if (!in_frame_) return absl::FailedPreconditionError("echo: chunk outside a frame");
+  ++received_chunks_;
+  wire_bytes_ += chunk.payload_bytes();
+  if (mode_ == v1::ECHO_MODE_DECODE && decoder_.has_value() && error_.empty()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Status st = decoder_->DecodeChunk(chunk);
+    decode_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!st.ok()) error_ = std::string(st.message());
+  } else if (mode_ == v1::ECHO_MODE_ECHO) {
+    echo();
+  }
+  if (received_chunks_ == expected_chunks_) FinishFrame(reply);
+  return absl::OkStatus();
 }
 
 void EchoSession::FinishFrame(const Reply& reply) {

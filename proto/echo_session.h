@@ -23,6 +23,11 @@ class EchoSession {
   // A non-OK status ends the stream (bad hello, protocol violation); problems
   // with a frame's content are reported in its EchoAck instead.
   Status Handle(v1::EchoMessage&& in, const Reply& reply);
+  // The same for a chunk message viewed where it arrived. `echo` is called,
+  // before any reply that follows, when the chunk must go back unchanged
+  // (the transport sends the message as received).
+  Status HandleChunk(const ChunkView& chunk, const std::function<void()>& echo,
+                     const Reply& reply);
 
  private:
   void FinishFrame(const Reply& reply);

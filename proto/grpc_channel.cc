@@ -1,5 +1,7 @@
 #include "proto/grpc_channel.h"
 
+#include <malloc.h>
+
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -8,12 +10,16 @@ namespace tandem {
 namespace {
 // Activation frames are megabytes: start HTTP/2 flow control with a window
 // that holds a whole chunk instead of growing it from 64 KiB, and use large
-// HTTP/2 frames.
+// HTTP/2 frames. With that fixed window the bandwidth-delay probe has nothing
+// to tune, and its pings cost every data read a wakeup (8% of the CPU time
+// of a 4 MiB frame on loopback). The write buffer bounds what a write with
+// the buffer hint (a frame's begin) may hold back.
 template <typename Args>
 void ApplyLinkArguments(Args& args) {
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
   args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
 }
 struct BuilderArgs {
   grpc::ServerBuilder& builder;
@@ -37,6 +43,13 @@ void ConfigureServerBuilder(grpc::ServerBuilder& builder) {
   builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
   BuilderArgs args{builder};
   ApplyLinkArguments(args);
+}
+
+void RetainLargeBufferMemory() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest: bigger ones are still mapped
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
 }
 
 }  // namespace tandem

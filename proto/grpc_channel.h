@@ -15,4 +15,11 @@ inline constexpr int kMaxGrpcMessageBytes = 80 << 20;
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 void ConfigureServerBuilder(grpc::ServerBuilder& builder);
 
+// Keeps the memory of freed large buffers in the process. With glibc's
+// defaults every buffer of a megabyte or more (chunk payloads, gRPC's read
+// buffers) is mapped afresh or its arena trimmed after use, so each frame
+// faults its pages in again, which costs more than copying them. Retained
+// memory is bounded by the peak in flight. Process-wide: call once at start.
+void RetainLargeBufferMemory();
+
 }  // namespace tandem

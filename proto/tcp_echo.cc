@@ -24,18 +24,10 @@ uint32_t Get32(const uint8_t* p) {
          static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
 }
 
-Status WriteMessage(tcp::socket& socket, const v1::EchoMessage& m) {
-  std::string meta;
-  const std::string* payload = nullptr;
-  if (m.kind_case() == v1::EchoMessage::kChunk) {
-    v1::EchoMessage head;
-    head.mutable_chunk()->set_index(m.chunk().index());
-    head.mutable_chunk()->set_checksum(m.chunk().checksum());
-    head.SerializeToString(&meta);
-    payload = &m.chunk().payload();
-  } else {
-    m.SerializeToString(&meta);
-  }
+// Writes the bytes in `*held` (messages held back to go out with this one;
+// cleared), then `meta` and `payload` (which may be null) framed, in one go.
+Status WriteParts(tcp::socket& socket, const std::string& meta, const std::string* payload,
+                  std::string* held = nullptr) {
   const size_t payload_bytes = payload ? payload->size() : 0;
   if (payload_bytes > kMaxTcpPayloadBytes) {
     return absl::InvalidArgumentError(absl::StrCat("tcp echo: payload of ", payload_bytes,
@@ -44,13 +36,28 @@ Status WriteMessage(tcp::socket& socket, const v1::EchoMessage& m) {
   uint8_t prefix[8];
   Put32(prefix, static_cast<uint32_t>(meta.size()));
   Put32(prefix + 4, static_cast<uint32_t>(payload_bytes));
-  std::array<asio::const_buffer, 3> buffers = {
-      asio::buffer(prefix), asio::buffer(meta),
-      asio::buffer(payload ? payload->data() : nullptr, payload_bytes)};
+  std::array<asio::const_buffer, 4> buffers = {
+      asio::buffer(held ? held->data() : nullptr, held ? held->size() : 0), asio::buffer(prefix),
+      asio::buffer(meta), asio::buffer(payload ? payload->data() : nullptr, payload_bytes)};
   boost::system::error_code ec;
   asio::write(socket, buffers, ec);
+  if (held) held->clear();
   if (ec) return absl::UnavailableError(absl::StrCat("tcp echo: write failed: ", ec.message()));
   return absl::OkStatus();
+}
+
+// A chunk message: the payload goes from its own buffer.
+Status WriteChunkMessage(tcp::socket& socket, const v1::TensorChunk& chunk,
+                         std::string* held = nullptr) {
+  v1::EchoMessage head;
+  head.mutable_chunk()->set_index(chunk.index());
+  head.mutable_chunk()->set_checksum(chunk.checksum());
+  return WriteParts(socket, head.SerializeAsString(), &chunk.payload(), held);
+}
+
+Status WriteMessage(tcp::socket& socket, const v1::EchoMessage& m, std::string* held = nullptr) {
+  if (m.kind_case() == v1::EchoMessage::kChunk) return WriteChunkMessage(socket, m.chunk(), held);
+  return WriteParts(socket, m.SerializeAsString(), nullptr, held);
 }
 
 Status ReadMessage(tcp::socket& socket, v1::EchoMessage* m) {
@@ -81,12 +88,32 @@ Status ReadMessage(tcp::socket& socket, v1::EchoMessage* m) {
   return absl::OkStatus();
 }
 
+// Owns its io_context: a connection outlives any caller's context.
 class TcpEchoConnection final : public EchoConnection {
  public:
-  explicit TcpEchoConnection(asio::io_context& io) : socket_(io) {}
-  Status Write(const v1::EchoMessage& m) override { return WriteMessage(socket_, m); }
+  TcpEchoConnection() : socket_(io_) {}
+  Status Write(const v1::EchoMessage& m) override { return WriteMessage(socket_, m, &held_); }
+  Status WriteHead(const v1::EchoMessage& m) override {
+    if (m.kind_case() == v1::EchoMessage::kChunk) return Write(m);
+    const std::string meta = m.SerializeAsString();
+    uint8_t prefix[8];
+    Put32(prefix, static_cast<uint32_t>(meta.size()));
+    Put32(prefix + 4, 0);
+    held_.append(reinterpret_cast<const char*>(prefix), sizeof(prefix));
+    held_.append(meta);
+    return absl::OkStatus();
+  }
+  Status WriteChunk(v1::TensorChunk&& chunk) override {
+    return WriteChunkMessage(socket_, chunk, &held_);
+  }
+  Status WriteBorrowedChunk(const v1::TensorChunk& chunk) override {
+    return WriteChunkMessage(socket_, chunk, &held_);
+  }
+  // Held messages wait for the next write, as WriteHead's contract says; a
+  // reader thread must not touch them.
   Status Read(v1::EchoMessage* m) override { return ReadMessage(socket_, m); }
   Status Close() override {
+    RETURN_IF_ERROR(Flush());
     boost::system::error_code ec;
     socket_.shutdown(tcp::socket::shutdown_send, ec);
     return absl::OkStatus();
@@ -96,23 +123,18 @@ class TcpEchoConnection final : public EchoConnection {
   void set_peer(const v1::Hello& h) { peer_ = h; }
 
  private:
-  tcp::socket socket_;
-};
+  Status Flush() {
+    if (held_.empty()) return absl::OkStatus();
+    boost::system::error_code ec;
+    asio::write(socket_, asio::buffer(held_), ec);
+    held_.clear();
+    if (ec) return absl::UnavailableError(absl::StrCat("tcp echo: write failed: ", ec.message()));
+    return absl::OkStatus();
+  }
 
-// Owns its io_context: a connection outlives any caller's context.
-class OwningTcpEchoConnection final : public EchoConnection {
- public:
-  OwningTcpEchoConnection() : conn_(io_) {}
-  Status Write(const v1::EchoMessage& m) override { return conn_.Write(m); }
-  Status Read(v1::EchoMessage* m) override { return conn_.Read(m); }
-  Status Close() override { return conn_.Close(); }
-  void Cancel() override { conn_.Cancel(); }
-  TcpEchoConnection& conn() { return conn_; }
-  void set_peer(const v1::Hello& h) { peer_ = h; }
-
- private:
   asio::io_context io_;
-  TcpEchoConnection conn_;
+  tcp::socket socket_;
+  std::string held_;  // framed messages that go out with the next write
 };
 
 }  // namespace
@@ -206,8 +228,8 @@ TcpEchoServer::~TcpEchoServer() {
 
 StatusOr<std::unique_ptr<EchoConnection>> ConnectTcpEcho(const std::string& host, int port,
                                                          const v1::Hello& mine) {
-  auto owning = std::make_unique<OwningTcpEchoConnection>();
-  tcp::socket& socket = owning->conn().socket();
+  auto owning = std::make_unique<TcpEchoConnection>();
+  tcp::socket& socket = owning->socket();
   boost::system::error_code ec;
   tcp::resolver resolver(socket.get_executor());
   auto endpoints = resolver.resolve(host, std::to_string(port), ec);

@@ -49,6 +49,7 @@ size_t ChunkUnit(DType t, Codec c) {
 // several threads, and contexts are costly to create per chunk.
 struct ThreadCoders {
   std::vector<uint8_t> scratch;
+  std::vector<uint8_t> gathered;  // a payload received in pieces, made contiguous
   ZSTD_CCtx* cctx = nullptr;
   ZSTD_DCtx* dctx = nullptr;
   ~ThreadCoders() {
@@ -58,6 +59,10 @@ struct ThreadCoders {
   uint8_t* Scratch(size_t n) {
     if (scratch.size() < n) scratch.resize(n);
     return scratch.data();
+  }
+  uint8_t* Gathered(size_t n) {
+    if (gathered.size() < n) gathered.resize(n);
+    return gathered.data();
   }
   ZSTD_CCtx* CCtx() {
     if (cctx == nullptr) cctx = ZSTD_createCCtx();
@@ -120,14 +125,15 @@ Status Compress(Codec coder, const uint8_t* src, size_t n, int zlib_level, int z
 }
 
 // Decompresses into exactly `n` bytes at `dst`; anything else is an error.
-Status Decompress(Codec coder, const std::string& payload, uint8_t* dst, size_t n) {
+Status Decompress(Codec coder, std::span<const uint8_t> bytes, uint8_t* dst, size_t n) {
+  const std::string_view payload(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   switch (coder) {
     case Codec::kNone:
       if (payload.size() != n) {
         return absl::DataLossError(
             absl::StrCat("payload has ", payload.size(), " bytes, expected ", n));
       }
-      std::memcpy(dst, payload.data(), n);
+      if (n > 0) std::memcpy(dst, payload.data(), n);
       return absl::OkStatus();
     case Codec::kLz4: {
       if (payload.size() > static_cast<size_t>(LZ4_compressBound(static_cast<int>(n))) + 16) {
@@ -355,8 +361,21 @@ StatusOr<TensorDecoder> TensorDecoder::Create(const v1::TensorHeader& header,
   return dec;
 }
 
+size_t ChunkView::payload_bytes() const {
+  size_t n = 0;
+  for (std::span<const uint8_t> piece : payload) n += piece.size();
+  return n;
+}
+
 Status TensorDecoder::DecodeChunk(const v1::TensorChunk& c) {
-  const uint32_t index = c.index();
+  ChunkView view{.index = c.index(), .checksum = c.checksum(), .payload = {}};
+  view.payload.emplace_back(reinterpret_cast<const uint8_t*>(c.payload().data()),
+                            c.payload().size());
+  return DecodeChunk(view);
+}
+
+Status TensorDecoder::DecodeChunk(const ChunkView& c) {
+  const uint32_t index = c.index;
   if (index >= header_.num_chunks()) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk index ", index, " out of range (", header_.num_chunks(), " chunks)"));
@@ -366,35 +385,68 @@ Status TensorDecoder::DecodeChunk(const v1::TensorChunk& c) {
   const size_t begin = static_cast<size_t>(index) * chunk;
   const size_t n = std::min<size_t>(chunk, header_.raw_bytes() - begin);
   uint8_t* dst = dest_.data() + begin;
+  const size_t payload_bytes = c.payload_bytes();
   Status st;
-  if (codec_ == Codec::kQ8) {
-    if (XXH64(c.payload().data(), c.payload().size(), index) != c.checksum()) {
-      return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(),
-                                              ": checksum mismatch"));
-    }
-    st = Q8Decode({reinterpret_cast<const uint8_t*>(c.payload().data()), c.payload().size()},
-                  dtype_, dst, n / ElementBytes(dtype_));
-  } else if (IsShuffled(codec_)) {
-    uint8_t* scratch = Coders().Scratch(n);
-    st = Decompress(Coder(codec_), c.payload(), scratch, n);
-    if (st.ok()) {
-      const size_t elem = ElementBytes(dtype_);
-      ByteUnshuffle(scratch, dst, n / elem, elem);
+  if (codec_ == Codec::kNone && c.payload.size() > 1) {
+    // Stored pieces go straight to their place.
+    if (payload_bytes != n) {
+      st = absl::DataLossError(absl::StrCat("payload has ", payload_bytes, " bytes, expected ", n));
+    } else {
+      uint8_t* at = dst;
+      for (std::span<const uint8_t> piece : c.payload) {
+        if (!piece.empty()) std::memcpy(at, piece.data(), piece.size());
+        at += piece.size();
+      }
     }
   } else {
-    st = Decompress(codec_, c.payload(), dst, n);
+    // Coders read one contiguous payload.
+    std::span<const uint8_t> payload;
+    if (c.payload.size() == 1) {
+      payload = c.payload[0];
+    } else if (c.payload.size() > 1) {
+      // Every coder's worst case stays far below this bound; it caps the
+      // scratch buffer before anything is copied.
+      if (payload_bytes > n + n / 8 + 1024) {
+        return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(),
+                                                ": payload of ", payload_bytes,
+                                                " bytes is too long for ", n, " raw bytes"));
+      }
+      uint8_t* gathered = Coders().Gathered(payload_bytes);
+      uint8_t* at = gathered;
+      for (std::span<const uint8_t> piece : c.payload) {
+        if (!piece.empty()) std::memcpy(at, piece.data(), piece.size());
+        at += piece.size();
+      }
+      payload = {gathered, payload_bytes};
+    }
+    if (codec_ == Codec::kQ8) {
+      if (XXH64(payload.data(), payload.size(), index) != c.checksum) {
+        return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(),
+                                                ": checksum mismatch"));
+      }
+      st = Q8Decode(payload, dtype_, dst, n / ElementBytes(dtype_));
+    } else if (IsShuffled(codec_)) {
+      uint8_t* scratch = Coders().Scratch(n);
+      st = Decompress(Coder(codec_), payload, scratch, n);
+      if (st.ok()) {
+        const size_t elem = ElementBytes(dtype_);
+        ByteUnshuffle(scratch, dst, n / elem, elem);
+      }
+    } else {
+      st = Decompress(codec_, payload, dst, n);
+    }
   }
   if (!st.ok()) {
     return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(), " (",
                                             std::string(CodecName(codec_)), "): ", st.message()));
   }
-  if (codec_ != Codec::kQ8 && XXH64(dst, n, index) != c.checksum()) {
+  if (codec_ != Codec::kQ8 && XXH64(dst, n, index) != c.checksum) {
     return absl::DataLossError(absl::StrCat("chunk ", index, " of ", header_.num_chunks(),
                                             ": checksum mismatch"));
   }
   seen_[index] = true;
   --remaining_;
-  wire_bytes_ += c.payload().size();
+  wire_bytes_ += payload_bytes;
   return absl::OkStatus();
 }
 

@@ -92,6 +92,16 @@ class TensorEncoder {
 // raw_bytes (without overflow), chunking consistent, within `limits`.
 Status ValidateHeader(const v1::TensorHeader& header, const DecodeLimits& limits = {});
 
+// A received chunk whose payload stays where it arrived: `payload` lists its
+// bytes in order as pieces of buffers the caller keeps alive (for example the
+// slices of a gRPC message), so that decoding reads them without a copy.
+struct ChunkView {
+  uint32_t index = 0;
+  uint64_t checksum = 0;
+  std::vector<std::span<const uint8_t>> payload;
+  size_t payload_bytes() const;
+};
+
 // Decodes the chunks of one frame, in any order, into `dest` ([raw_bytes]).
 // Each chunk index is accepted once; Finish() reports missing chunks.
 class TensorDecoder {
@@ -100,6 +110,7 @@ class TensorDecoder {
   static StatusOr<TensorDecoder> Create(const v1::TensorHeader& header, std::span<uint8_t> dest,
                                         const DecodeLimits& limits = {});
   Status DecodeChunk(const v1::TensorChunk& chunk);
+  Status DecodeChunk(const ChunkView& chunk);
   Status Finish() const;
   uint64_t wire_bytes() const { return wire_bytes_; }
 

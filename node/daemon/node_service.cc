@@ -295,8 +295,7 @@ grpc::ServerUnaryReactor* NodeService::LoadShard(grpc::CallbackServerContext* co
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* NodeService::Echo(
-    grpc::CallbackServerContext* /*context*/) {
+EchoReactor* NodeService::Echo(grpc::CallbackServerContext* /*context*/) {
   return NewEchoReactor(hello_, DecodeLimits{});
 }
 

@@ -8,12 +8,13 @@
 #include <mutex>
 
 #include "node/daemon/stage_runtime.h"
+#include "proto/echo_service.h"
 #include "proto/tensor_codec.h"
 #include "tandem/v1/node.grpc.pb.h"
 
 namespace tandem {
 
-class NodeService final : public v1::Node::CallbackService {
+class NodeService final : public NodeServiceBase {
  public:
   // Loads an assignment; the daemon's loader, shared with the Control stream.
   using Loader = std::function<v1::LoadShardResponse(const v1::ShardAssignment&)>;
@@ -33,8 +34,7 @@ class NodeService final : public v1::Node::CallbackService {
   grpc::ServerUnaryReactor* LoadShard(grpc::CallbackServerContext* context,
                                       const v1::LoadShardRequest* request,
                                       v1::LoadShardResponse* response) override;
-  grpc::ServerBidiReactor<v1::EchoMessage, v1::EchoMessage>* Echo(
-      grpc::CallbackServerContext* context) override;
+  EchoReactor* Echo(grpc::CallbackServerContext* context) override;
 
  private:
   const v1::Hello hello_;  // fixed at start: read by every stream
