@@ -127,7 +127,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
       2.0 * spec.num_layers * spec.num_heads * static_cast<double>(spec.head_dim) * n * n +
       2.0 * spec.hidden_size * static_cast<double>(spec.vocab_size);
   const double prefill_gflops = prefill_flops / prefill_s / 1e9;
-  const size_t weight_bytes = pipeline->stage(0).weights().weight_bytes();
+  const size_t weight_bytes = pipeline->stage(0).weight_bytes();
   const size_t kv_bytes = pipeline->kv_bytes();
 
   if (f.json) {

@@ -15,6 +15,7 @@
 #include "coordinator/chat_template.h"
 #include "coordinator/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "config/node_config.h"
 #include "node/local_pipeline.h"
 #include "node/sampler.h"
 
@@ -43,10 +44,21 @@ struct RunFlags {
   int max_batch_tokens = 512;
   double kv_budget_mb = 256;
   std::string codec = "none";
+  std::string device = "cpu";
   bool ignore_eos = false;
   bool json = false;
   std::optional<std::string> logits_out;
 };
+
+// "cpu" -> -1, "cuda:N" -> N.
+StatusOr<int> ParseRunDevice(const std::string& text) {
+  ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({text}));
+  if (devices.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", text, ": name one device, cpu or cuda:N"));
+  }
+  return devices[0].kind == DeviceKind::kCuda ? devices[0].ordinal : -1;
+}
 
 StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text) {
   std::vector<int32_t> ids;
@@ -120,6 +132,7 @@ Status Run(const RunFlags& f) {
   }
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
 
+  ASSIGN_OR_RETURN(const int cuda_device, ParseRunDevice(f.device));
   PipelineOptions options{
       .stages = f.stages,
       .stage = StageOptions{.tp = f.tp,
@@ -128,7 +141,8 @@ Status Run(const RunFlags& f) {
                             .max_batch_sequences = 1,
                             .kv_budget_bytes = static_cast<size_t>(f.kv_budget_mb * 1048576.0),
                             .quantize = quantize},
-      .codec = codec};
+      .codec = codec,
+      .cuda_device = cuda_device};
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(f.model, options));
   const ModelSpec& spec = pipeline->spec();
   for (int32_t id : prompt) {
@@ -237,6 +251,9 @@ std::function<int()> SetupRun(CLI::App& app) {
   app.add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache memory of the whole model, MiB")
       ->capture_default_str();
   app.add_option("--codec", f->codec, "lossless codec for hidden states between stages")
+      ->capture_default_str();
+  app.add_option("--device", f->device,
+                 "where every stage computes: cpu, or cuda:N in a build with the CUDA backend")
       ->capture_default_str();
   app.add_flag("--ignore-eos", f->ignore_eos, "keep generating after an end-of-sequence token");
   app.add_flag("--json", f->json, "print one JSON object");

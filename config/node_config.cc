@@ -89,7 +89,7 @@ std::vector<Field> MakeFields() {
       [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->coordinator, false); }));
   Field devices;
   devices.key = "devices";
-  devices.help = "cpu (CUDA devices such as cuda:0,1 are parsed, but GPU stages are not available yet)";
+  devices.help = "cpu, or one GPU such as cuda:0 (a build with the CUDA backend; several GPUs per node are not available yet)";
   devices.from_yaml = &DevicesFromYaml;
   devices.from_text = [](std::string_view t, NodeConfig* c) -> Status {
     ASSIGN_OR_RETURN(c->devices, ParseDevices(SplitDevices(t)));

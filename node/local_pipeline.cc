@@ -32,8 +32,8 @@ StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(
     stage.kv_budget_bytes = options.stage.kv_budget_bytes *
                             static_cast<size_t>(stage.range.layer_end - stage.range.layer_begin) /
                             static_cast<size_t>(spec.num_layers);
-    ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> executor,
-                     StageExecutor::Create(spec, shared, stage));
+    ASSIGN_OR_RETURN(std::unique_ptr<Stage> executor,
+                     CreateStage(spec, shared, stage, options.cuda_device));
     pipeline->stages_.push_back(std::move(executor));
   }
   pipeline->received_ = AlignedBuffer(static_cast<size_t>(options.stage.max_batch_tokens) *
@@ -72,7 +72,7 @@ void LocalPipeline::Release(uint64_t seq_id) {
 
 size_t LocalPipeline::weight_bytes_per_step() const {
   size_t total = 0;
-  for (const auto& stage : stages_) total += stage->weights().bytes_per_step();
+  for (const auto& stage : stages_) total += stage->weight_bytes_per_step();
   return total;
 }
 

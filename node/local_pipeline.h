@@ -12,7 +12,7 @@
 #include "core/status.h"
 #include "model/checkpoint.h"
 #include "model/model_spec.h"
-#include "node/stage_executor.h"
+#include "node/stage.h"
 #include "proto/tensor_codec.h"
 
 namespace tandem {
@@ -23,6 +23,8 @@ struct PipelineOptions {
   // kv_budget_bytes is the budget of the whole model (split by layers).
   StageOptions stage = {};
   Codec codec = Codec::kNone;  // lossless codecs only: stages must agree bit for bit
+  // -1: every stage on the CPU; N: every stage on CUDA device N.
+  int cuda_device = -1;
 };
 
 class LocalPipeline {
@@ -38,7 +40,7 @@ class LocalPipeline {
 
   const ModelSpec& spec() const { return spec_; }
   int num_stages() const { return static_cast<int>(stages_.size()); }
-  const StageExecutor& stage(int i) const { return *stages_[static_cast<size_t>(i)]; }
+  const Stage& stage(int i) const { return *stages_[static_cast<size_t>(i)]; }
   // Weight bytes a decode step reads, over all stages and ranks.
   size_t weight_bytes_per_step() const;
   // Bytes of KV cache storage, over all stages.
@@ -53,7 +55,7 @@ class LocalPipeline {
 
   ModelSpec spec_;
   PipelineOptions options_;
-  std::vector<std::unique_ptr<StageExecutor>> stages_;
+  std::vector<std::unique_ptr<Stage>> stages_;
   AlignedBuffer received_;  // [max_batch_tokens, hidden]
   uint64_t wire_bytes_ = 0;
 };

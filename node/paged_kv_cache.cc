@@ -37,6 +37,10 @@ StatusOr<PagedKvCache> PagedKvCache::Create(const PagedKvCacheOptions& options) 
 PagedKvCache::PagedKvCache(const PagedKvCacheOptions& options, int num_blocks)
     : options_(options), num_blocks_(num_blocks) {
   if (options.num_layers == 0) return;
+  free_.resize(static_cast<size_t>(num_blocks));
+  // Hand out low ids first (pop from the back).
+  for (int i = 0; i < num_blocks; ++i) free_[static_cast<size_t>(i)] = num_blocks - 1 - i;
+  if (!options.host_storage) return;
   const size_t per_layer = static_cast<size_t>(num_blocks) * kKvBlockSize *
                            static_cast<size_t>(options.kv_heads_per_rank) *
                            static_cast<size_t>(options.head_dim);  // floats, K or V
@@ -53,9 +57,6 @@ PagedKvCache::PagedKvCache(const PagedKvCacheOptions& options, int num_blocks)
       base += 2 * per_layer;
     }
   }
-  free_.resize(static_cast<size_t>(num_blocks));
-  // Hand out low ids first (pop from the back).
-  for (int i = 0; i < num_blocks; ++i) free_[static_cast<size_t>(i)] = num_blocks - 1 - i;
 }
 
 Status PagedKvCache::Reserve(std::span<const KvReservation> reservations) {

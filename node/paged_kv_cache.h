@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/check.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "kernels/cpu/paged_attention.h"
@@ -27,6 +28,10 @@ struct PagedKvCacheOptions {
   int kv_heads_per_rank = 0;  // num_kv_heads / tp
   int head_dim = 0;
   size_t budget_bytes = 0;    // K and V of all layers and ranks together
+  // False: only the block accounting lives here, the keys and values live
+  // elsewhere (GPU memory, laid out as Layer() would be); Layer() is then
+  // unavailable and nothing is allocated.
+  bool host_storage = true;
 };
 
 // A sequence's claim in one step: after it, the cache holds `length` tokens.
@@ -63,6 +68,7 @@ class PagedKvCache {
 
   // The layer's cache on a rank, in the layout PagedAttention expects.
   cpu::PagedKv& Layer(int rank, int layer) {
+    CHECK_MSG(options_.host_storage, "this KV cache keeps no host storage");
     return layers_[static_cast<size_t>(rank * options_.num_layers + layer)];
   }
 

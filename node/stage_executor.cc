@@ -34,20 +34,6 @@ struct StageExecutor::Rank {
 };
 
 namespace {
-cpu::RopeParams RopeParamsFor(const ModelSpec& spec) {
-  cpu::RopeParams p{.head_dim = spec.head_dim, .theta = spec.rope_theta};
-  switch (spec.rope_scaling.type) {
-    case RopeScaling::Type::kNone: p.scaling = cpu::RopeScaling::kNone; break;
-    case RopeScaling::Type::kLinear: p.scaling = cpu::RopeScaling::kLinear; break;
-    case RopeScaling::Type::kLlama3: p.scaling = cpu::RopeScaling::kLlama3; break;
-  }
-  p.factor = spec.rope_scaling.factor;
-  p.low_freq_factor = spec.rope_scaling.low_freq_factor;
-  p.high_freq_factor = spec.rope_scaling.high_freq_factor;
-  p.original_max_position = spec.rope_scaling.original_max_position_embeddings;
-  return p;
-}
-
 AlignedBuffer Floats(int64_t rows, int64_t cols) {
   return AlignedBuffer(static_cast<size_t>(std::max<int64_t>(rows * cols, 1)) * sizeof(float));
 }
@@ -142,10 +128,6 @@ StageExecutor::~StageExecutor() {
   for (std::thread& t : rank_threads_) t.join();
 }
 
-int64_t StageExecutor::output_width() const {
-  return is_last() ? spec_.vocab_size : spec_.hidden_size;
-}
-
 int StageExecutor::threads_per_rank() const { return ranks_[0]->pool->size(); }
 
 void StageExecutor::RankThreadLoop(int rank) {
@@ -166,58 +148,10 @@ void StageExecutor::RankThreadLoop(int rank) {
   }
 }
 
-Status StageExecutor::Validate(std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
-                               std::span<const float> hidden) const {
-  if (seqs.empty()) return absl::InvalidArgumentError("a step needs at least one sequence");
-  if (seqs.size() > static_cast<size_t>(options_.max_batch_sequences)) {
-    return absl::InvalidArgumentError(absl::StrCat("step has ", seqs.size(),
-                                                   " sequences; this stage takes at most ",
-                                                   options_.max_batch_sequences));
-  }
-  int64_t total = 0;
-  for (const SequenceStep& s : seqs) {
-    if (s.count < 1 || s.start < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, ": start ", s.start,
-                                                     " and count ", s.count, " are invalid"));
-    }
-    if (spec_.sliding_window.has_value() && s.start + s.count > *spec_.sliding_window) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", s.seq_id, " reaches ", s.start + s.count,
-          " tokens, beyond the model's sliding window of ", *spec_.sliding_window,
-          " (sliding-window attention is not implemented)"));
-    }
-    total += s.count;
-  }
-  if (total > options_.max_batch_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("step has ", total,
-                                                   " tokens; this stage takes at most ",
-                                                   options_.max_batch_tokens, " per step"));
-  }
-  if (is_first()) {
-    if (!hidden.empty() || tokens.size() != static_cast<size_t>(total)) {
-      return absl::InvalidArgumentError(absl::StrCat("the first stage needs ", total,
-                                                     " token ids (got ", tokens.size(),
-                                                     ") and no hidden states"));
-    }
-    for (int32_t t : tokens) {
-      if (t < 0 || t >= spec_.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", spec_.vocab_size, ")"));
-      }
-    }
-  } else if (!tokens.empty() ||
-             hidden.size() != static_cast<size_t>(total) * static_cast<size_t>(spec_.hidden_size)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stage starting at layer ", options_.range.layer_begin, " needs hidden states of ",
-        total, " x ", spec_.hidden_size, " floats (got ", hidden.size(), ") and no token ids"));
-  }
-  return absl::OkStatus();
-}
-
 StatusOr<std::span<const float>> StageExecutor::Forward(std::span<const SequenceStep> seqs,
                                                         std::span<const int32_t> tokens,
                                                         std::span<const float> hidden) {
-  RETURN_IF_ERROR(Validate(seqs, tokens, hidden));
+  RETURN_IF_ERROR(ValidateStageStep(spec_, options_, seqs, tokens, hidden));
   KvReservation* res = reservations_.data();  // [max_batch_sequences]
   int64_t row = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {

@@ -1,17 +1,9 @@
 #pragma once
-// A stage: layers [begin, end) of a model, run on `tp` tensor-parallel ranks
-// (one thread each, with its own thread pool, weight shard and kv heads),
-// with the embedding on the first stage and final norm + lm_head on the last.
-//
-// Forward takes one step of a batch: per sequence (id, start position, token
-// count), and either token ids (first stage) or hidden states from the
-// previous stage. It returns the hidden states of all tokens, or on the last
-// stage the logits of each sequence's last token. Sequences may mix prefill
-// chunks and single decode tokens. Every buffer is allocated at Create() for
-// the largest batch (options.max_batch_tokens, options.max_batch_sequences);
+// The CPU stage (node/stage.h has the contract): layers [begin, end) run on
+// `tp` tensor-parallel ranks, one thread each, with its own thread pool,
+// weight shard and kv heads. Every buffer is allocated at Create() for the
+// largest batch (options.max_batch_tokens, options.max_batch_sequences);
 // Forward never allocates.
-//
-// Not thread-safe: one Forward at a time.
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -30,29 +22,11 @@
 #include "node/communicator.h"
 #include "node/model_weights.h"
 #include "node/paged_kv_cache.h"
+#include "node/stage.h"
 
 namespace tandem {
 
-struct StageOptions {
-  StageRange range = {};
-  int tp = 1;
-  // Threads of the whole stage, shared evenly by the ranks; 0: all cores.
-  int threads = 0;
-  int max_batch_tokens = 512;
-  int max_batch_sequences = 64;
-  size_t kv_budget_bytes = size_t{256} << 20;
-  WeightQuantization quantize = WeightQuantization::kNone;
-  int int4_group_size = 32;
-};
-
-// One sequence's part of a step: tokens at positions [start, start + count).
-struct SequenceStep {
-  uint64_t seq_id = 0;
-  int64_t start = 0;
-  int64_t count = 0;
-};
-
-class StageExecutor {
+class StageExecutor final : public Stage {
  public:
   static StatusOr<std::unique_ptr<StageExecutor>> Create(
       const ModelSpec& spec, std::shared_ptr<const Checkpoint> checkpoint,
@@ -61,28 +35,19 @@ class StageExecutor {
   StageExecutor(const StageExecutor&) = delete;
   StageExecutor& operator=(const StageExecutor&) = delete;
 
-  // tokens: [T] on the first stage (hidden empty); hidden: [T, hidden_size]
-  // on the others (tokens empty); T = sum of seqs[i].count, and the rows of
-  // each sequence are contiguous, in the order of `seqs`.
-  // Returns [T, hidden_size] hidden states, or on the last stage
-  // [seqs.size(), vocab_size] logits; the span is valid until the next call.
-  // Bad input (sizes, token ids, positions, a full KV cache) is an error and
-  // leaves the KV cache as it was.
   StatusOr<std::span<const float>> Forward(std::span<const SequenceStep> seqs,
                                            std::span<const int32_t> tokens,
-                                           std::span<const float> hidden);
+                                           std::span<const float> hidden) override;
 
-  // Frees the KV blocks of a finished sequence (unknown ids are ignored).
-  void Release(uint64_t seq_id) { kv_.Release(seq_id); }
+  void Release(uint64_t seq_id) override { kv_.Release(seq_id); }
 
-  bool is_first() const { return options_.range.first(); }
-  bool is_last() const { return options_.range.last(spec_); }
-  const ModelSpec& spec() const { return spec_; }
-  const StageOptions& options() const { return options_; }
-  const PagedKvCache& kv_cache() const { return kv_; }
+  const ModelSpec& spec() const override { return spec_; }
+  const StageOptions& options() const override { return options_; }
+  const PagedKvCache& kv_cache() const override { return kv_; }
+  std::string device_name() const override { return "cpu"; }
+  size_t weight_bytes_per_step() const override { return weights_->bytes_per_step(); }
+  size_t weight_bytes() const override { return weights_->weight_bytes(); }
   const LoadedStageWeights& weights() const { return *weights_; }
-  // Width of one output row: hidden_size, or vocab_size on the last stage.
-  int64_t output_width() const;
   // Threads per rank actually used.
   int threads_per_rank() const;
 
@@ -90,8 +55,6 @@ class StageExecutor {
   struct Rank;
   StageExecutor(const ModelSpec& spec, const StageOptions& options,
                 std::unique_ptr<LoadedStageWeights> weights, PagedKvCache kv);
-  Status Validate(std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
-                  std::span<const float> hidden) const;
   // The whole stage on one rank; runs on that rank's thread.
   void RunRank(Rank& rank);
   void LayerForward(Rank& rank, const LayerWeights& w, cpu::PagedKv& kv);

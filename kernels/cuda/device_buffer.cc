@@ -36,4 +36,20 @@ void DeviceBuffer::CopyToHost(void* dst, size_t bytes) const {
   CUDA_CHECK(cudaMemcpy(dst, data_, std::min(bytes, bytes_), cudaMemcpyDeviceToHost));
 }
 
+PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  const cudaError_t st = cudaHostAlloc(&data_, bytes, cudaHostAllocDefault);
+  if (st != cudaSuccess) {
+    cudaGetLastError();
+    data_ = nullptr;
+    bytes_ = 0;
+    throw CudaError("cannot allocate " + std::to_string(bytes) +
+                    " bytes of pinned host memory: " + cudaGetErrorString(st));
+  }
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (data_ != nullptr) cudaFreeHost(data_);
+}
+
 }  // namespace tandem::cuda

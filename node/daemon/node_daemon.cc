@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <thread>
@@ -75,22 +76,54 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
   d->config_ = config;
   if (d->config_.name.empty()) d->config_.name = HostName();
   if (config.model.empty()) return absl::InvalidArgumentError("no model folder (--model)");
-  for (const DeviceId& d : config.devices) {
-    if (d.kind == DeviceKind::kCuda) {
-      return absl::UnimplementedError(
-          "--devices " + DevicesToString(config.devices) +
-          ": this tandem-node computes on the CPU only; GPU stages are not available yet "
-          "(use --devices cpu)");
+  // One device per node process: the CPU, or one GPU.
+  int cuda_devices = 0;
+  for (const DeviceId& dev : config.devices) {
+    if (dev.kind == DeviceKind::kCuda) {
+      ++cuda_devices;
+      d->cuda_device_ = dev.ordinal;
     }
   }
+  if (cuda_devices > 1 || (cuda_devices == 1 && config.devices.size() > 1)) {
+    return absl::UnimplementedError(
+        "--devices " + DevicesToString(config.devices) +
+        ": a node computes on the CPU or on one GPU; tensor parallelism across several GPUs "
+        "is not available yet (run one tandem-node per GPU, e.g. --devices cuda:0)");
+  }
+#ifndef TANDEM_HAVE_CUDA
+  if (cuda_devices > 0) {
+    return absl::UnimplementedError("--devices " + DevicesToString(config.devices) +
+                                    ": this tandem-node was built without the CUDA backend "
+                                    "(use --devices cpu, or build with TANDEM_CUDA=ON)");
+  }
+#endif
   ASSIGN_OR_RETURN(d->spec_, LoadModelSpec(config.model));
 
-  d->memory_budget_ =
-      config.memory_budget ? config.memory_budget : MemAvailableBytes() / 10 * 9;
+  spdlog::info("node '{}': {} (calibrating on {})", d->config_.name, d->spec_.ToString(),
+               d->cuda_device_ >= 0 ? absl::StrCat("cuda:", d->cuda_device_) : "the CPU");
+  uint64_t device_memory = MemAvailableBytes();
+#ifdef TANDEM_HAVE_CUDA
+  if (d->cuda_device_ >= 0) {
+    const std::vector<cuda::DeviceInfo> gpus = cuda::ListDevices();
+    auto gpu = std::find_if(gpus.begin(), gpus.end(),
+                            [&](const cuda::DeviceInfo& g) { return g.index == d->cuda_device_; });
+    if (gpu == gpus.end()) {
+      return absl::NotFoundError(absl::StrCat("--devices cuda:", d->cuda_device_,
+                                              ": no such GPU (this machine has ", gpus.size(),
+                                              ")"));
+    }
+    device_memory = gpu->free_memory_bytes;
+    ASSIGN_OR_RETURN(d->calibration_,
+                     CalibrateCudaNode(d->spec_, WeightDType(config, d->spec_), d->cuda_device_));
+  } else {
+    d->calibration_ = CalibrateNode(d->spec_, WeightDType(config, d->spec_), config.threads);
+  }
+#else
+  d->calibration_ = CalibrateNode(d->spec_, WeightDType(config, d->spec_), config.threads);
+#endif
+  d->memory_budget_ = config.memory_budget ? config.memory_budget : device_memory / 10 * 9;
   d->kv_budget_ = config.kv_budget ? config.kv_budget
                                    : std::min<uint64_t>(uint64_t{512} << 20, d->memory_budget_ / 4);
-  spdlog::info("node '{}': {} (calibrating)", d->config_.name, d->spec_.ToString());
-  d->calibration_ = CalibrateNode(d->spec_, WeightDType(config, d->spec_), config.threads);
   spdlog::info("node '{}': decode layer {:.3f} ms, prefill layer ({} tokens) {:.3f} ms, "
                "memory bandwidth {:.1f} GB/s",
                d->config_.name, d->calibration_.decode_layer_ms, d->calibration_.prefill_tokens,
@@ -181,7 +214,7 @@ v1::LoadShardResponse NodeDaemon::Load(const v1::ShardAssignment& a) {
     auto t0 = std::chrono::steady_clock::now();
     auto runtime = StageRuntime::Create(
         spec_, std::make_shared<const Checkpoint>(std::move(*checkpoint)), options,
-        std::move(next));
+        std::move(next), cuda_device_);
     if (!runtime.ok()) return fail(std::string(runtime.status().message()));
     service_->set_runtime(std::move(*runtime));
     loaded_ = a;

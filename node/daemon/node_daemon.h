@@ -46,6 +46,7 @@ class NodeDaemon {
   v1::Hello hello_;
   std::string address_;  // advertised
   uint64_t memory_budget_ = 0;
+  int cuda_device_ = -1;  // the GPU this node computes on; -1: the CPU
   uint64_t kv_budget_ = 0;
   std::unique_ptr<NodeService> service_;
   std::unique_ptr<grpc::Server> server_;

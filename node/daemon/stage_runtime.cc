@@ -27,15 +27,15 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
 
 StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(
     const ModelSpec& spec, std::shared_ptr<const Checkpoint> checkpoint,
-    const StageOptions& options, std::unique_ptr<NextStageLink> next) {
-  ASSIGN_OR_RETURN(auto executor, StageExecutor::Create(spec, std::move(checkpoint), options));
+    const StageOptions& options, std::unique_ptr<NextStageLink> next, int cuda_device) {
+  ASSIGN_OR_RETURN(auto executor, CreateStage(spec, std::move(checkpoint), options, cuda_device));
   if (!executor->is_last() && !next) {
     return absl::InvalidArgumentError("a stage that is not the last needs a next stage address");
   }
   return std::unique_ptr<StageRuntime>(new StageRuntime(std::move(executor), std::move(next)));
 }
 
-StageRuntime::StageRuntime(std::unique_ptr<StageExecutor> executor,
+StageRuntime::StageRuntime(std::unique_ptr<Stage> executor,
                            std::unique_ptr<NextStageLink> next)
     : executor_(std::move(executor)), next_(std::move(next)) {
   logits_row_.resize(static_cast<size_t>(executor_->spec().vocab_size));

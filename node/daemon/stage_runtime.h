@@ -24,7 +24,7 @@
 #include "node/daemon/next_stage_link.h"
 #include "node/daemon/step_reply.h"
 #include "node/sampler.h"
-#include "node/stage_executor.h"
+#include "node/stage.h"
 #include "tandem/v1/node.pb.h"
 
 namespace tandem {
@@ -48,10 +48,11 @@ struct StageStats {
 
 class StageRuntime {
  public:
-  // Loads the stage. `next` is null on the last stage.
+  // Loads the stage on the CPU (cuda_device < 0) or on that CUDA device.
+  // `next` is null on the last stage.
   static StatusOr<std::unique_ptr<StageRuntime>> Create(
       const ModelSpec& spec, std::shared_ptr<const Checkpoint> checkpoint,
-      const StageOptions& options, std::unique_ptr<NextStageLink> next);
+      const StageOptions& options, std::unique_ptr<NextStageLink> next, int cuda_device = -1);
   ~StageRuntime();
 
   // Thread-safe; returns at once.
@@ -60,17 +61,17 @@ class StageRuntime {
   void Release(std::vector<uint64_t> sequence_ids);
 
   StageStats stats() const;
-  const StageExecutor& executor() const { return *executor_; }
+  const Stage& executor() const { return *executor_; }
 
  private:
   using Work = std::variant<StepInput, std::vector<uint64_t>>;
-  StageRuntime(std::unique_ptr<StageExecutor> executor, std::unique_ptr<NextStageLink> next);
+  StageRuntime(std::unique_ptr<Stage> executor, std::unique_ptr<NextStageLink> next);
   void ComputeLoop();
   void RunStep(StepInput& input);
   // Checks a step's metadata against what this stage can run.
   Status ValidateStep(const StepInput& input) const;
 
-  std::unique_ptr<StageExecutor> executor_;
+  std::unique_ptr<Stage> executor_;
   std::unique_ptr<NextStageLink> next_;
   // Last stage: one sampler per live sequence.
   std::unordered_map<uint64_t, std::unique_ptr<SequenceSampler>> samplers_;

@@ -16,56 +16,16 @@
 
 #include "gtest/gtest.h"
 #include "node/local_pipeline.h"
+#include "tests/node/stage_test_models.h"
 
 namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
 
-fs::path ModelRoot() {
-  return fs::temp_directory_path() / ("tandem-stage-test-" + std::to_string(::getpid()));
-}
-
-// Removes the generated models when the test program ends.
-class RemoveModels : public ::testing::Environment {
- public:
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(ModelRoot(), ignored);
-  }
-};
-[[maybe_unused]] ::testing::Environment* const kRemoveModels =
-    ::testing::AddGlobalTestEnvironment(new RemoveModels);
-
-// Writes a tiny model once per name into a temp folder.
-fs::path MakeModel(const std::string& name, const std::string& args) {
-  const char* source = std::getenv("TANDEM_SOURCE_DIR");
-  EXPECT_NE(source, nullptr) << "TANDEM_SOURCE_DIR must point at the repository";
-  if (source == nullptr) return {};
-  fs::path dir = ModelRoot() / name;
-  if (fs::exists(dir / "config.json")) return dir;
-  std::string cmd = std::string(source) + "/tools/make-test-model --out " + dir.string() + " " +
-                    args + " > /dev/null";
-  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  return dir;
-}
-
-double RelL2(std::span<const float> a, std::span<const float> b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
-    den += double{b[i]} * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
-std::vector<int32_t> RandomTokens(int n, int vocab) {
-  static std::mt19937 rng(std::random_device{}());
-  std::uniform_int_distribution<int32_t> dist(0, vocab - 1);
-  std::vector<int32_t> out(static_cast<size_t>(n));
-  for (int32_t& t : out) t = dist(rng);
-  return out;
-}
+using testing::MakeModel;
+using testing::RandomTokens;
+using testing::RelL2;
 
 PipelineOptions Options(int stages, int tp, int max_tokens = 64) {
   return PipelineOptions{.stages = stages,
@@ -212,7 +172,7 @@ TEST(StageExecutorTest, QuantizedWeightsStayClose) {
     o.stage.quantize = q;
     auto p = Pipeline(model, o);
     ASSERT_TRUE(p);
-    EXPECT_FALSE(p->stage(0).weights().uses_checkpoint());  // everything materialized
+    EXPECT_FALSE(dynamic_cast<const StageExecutor&>(p->stage(0)).weights().uses_checkpoint());  // everything materialized
     std::vector<float> b = Generate(*p, prompt, 64, 0);
     const double err = RelL2(b, a);
     EXPECT_LE(err, tolerance) << WeightQuantizationName(q);

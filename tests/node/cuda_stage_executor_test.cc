@@ -1,0 +1,222 @@
+// The GPU stage against the CPU stage on generated tiny models: the same
+// logits for decode steps and prefill chunks, a mixed batch, a split across
+// two stages, quantized weights, and bad input refused. Skips without a GPU.
+#include "node/cuda_stage_executor.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/device_info.h"
+#include "model/checkpoint.h"
+#include "model/model_spec.h"
+#include "node/stage_executor.h"
+#include "tests/node/stage_test_models.h"
+
+namespace tandem {
+namespace {
+
+namespace fs = std::filesystem;
+
+#define REQUIRE_GPU()                                                                  \
+  do {                                                                                 \
+    if (cuda::ListDevices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine";    \
+  } while (0)
+
+using testing::MakeModel;
+using testing::RandomTokens;
+using testing::RelL2;
+
+struct Loaded {
+  ModelSpec spec;
+  std::shared_ptr<const Checkpoint> checkpoint;
+};
+
+Loaded Load(const fs::path& dir) {
+  auto spec = LoadModelSpec(dir);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  auto checkpoint = Checkpoint::Open(dir);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  return {*spec, std::make_shared<const Checkpoint>(std::move(checkpoint).value())};
+}
+
+StageOptions Options(const ModelSpec& spec, int begin = 0, int end = -1,
+                     WeightQuantization quantize = WeightQuantization::kNone) {
+  return StageOptions{.range = {.layer_begin = begin, .layer_end = end < 0 ? spec.num_layers : end},
+                      .tp = 1,
+                      .threads = 2,
+                      .max_batch_tokens = 64,
+                      .max_batch_sequences = 4,
+                      .kv_budget_bytes = size_t{8} << 20,
+                      .quantize = quantize};
+}
+
+// Runs the same steps through a CPU and a GPU stage and compares each
+// step's output: `prefill` tokens in one step (the cuBLAS path when above 8,
+// which rounds activations to the weight type), then greedy decode steps
+// (the GEMV path, f32 activations) fed from the CPU's choice.
+void CompareSteps(const Loaded& m, const StageOptions& options, int prefill, int decode,
+                  double prefill_tolerance, double decode_tolerance) {
+  auto cpu = StageExecutor::Create(m.spec, m.checkpoint, options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, 0);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::vector<int32_t> prompt = RandomTokens(prefill, m.spec.vocab_size);
+  SequenceStep step{.seq_id = 5, .start = 0, .count = prefill};
+  auto want = (*cpu)->Forward({&step, 1}, prompt, {});
+  ASSERT_TRUE(want.ok()) << want.status();
+  std::vector<float> expected(want->begin(), want->end());
+  auto got = (*gpu)->Forward({&step, 1}, prompt, {});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_LT(RelL2(*got, expected), prefill_tolerance) << "prefill of " << prefill;
+  for (int i = 0; i < decode; ++i) {
+    const int32_t t = static_cast<int32_t>(std::max_element(expected.begin(), expected.end()) -
+                                           expected.begin());
+    SequenceStep s{.seq_id = 5, .start = prefill + i, .count = 1};
+    auto w = (*cpu)->Forward({&s, 1}, {&t, 1}, {});
+    ASSERT_TRUE(w.ok()) << w.status();
+    expected.assign(w->begin(), w->end());
+    auto g = (*gpu)->Forward({&s, 1}, {&t, 1}, {});
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_LT(RelL2(*g, expected), decode_tolerance) << "decode step " << i;
+  }
+}
+
+TEST(CudaStageExecutorTest, DecodeStepsMatchTheCpuStage) {
+  REQUIRE_GPU();
+  for (auto [name, args] : {std::pair{"llama-f32", "--preset tiny-llama --dtype f32 --seed 21"},
+                            std::pair{"qwen2-bf16", "--preset tiny-qwen2 --dtype bf16 --seed 22"},
+                            std::pair{"llama-tied", "--preset tiny-llama --dtype f16 --seed 23 --tied"}}) {
+    SCOPED_TRACE(name);
+    Loaded m = Load(MakeModel(name, args));
+    // A prompt of 6 tokens stays on the GEMV path: f32 activations throughout.
+    CompareSteps(m, Options(m.spec), 6, 8, 1e-4, 1e-4);
+  }
+}
+
+TEST(CudaStageExecutorTest, LongPrefillUsesCublasAndStaysClose) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("llama-bf16", "--preset tiny-llama --dtype bf16 --seed 24"));
+  CompareSteps(m, Options(m.spec), 40, 4, 3e-2, 3e-2);
+}
+
+TEST(CudaStageExecutorTest, QuantizedWeightsMatchTheCpuStage) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("llama-q", "--preset tiny-llama --dtype bf16 --seed 25"));
+  for (WeightQuantization q : {WeightQuantization::kInt8, WeightQuantization::kInt4}) {
+    SCOPED_TRACE(std::string(WeightQuantizationName(q)));
+    // The CPU decode path may quantize activations for int8/int4 weights;
+    // the GPU keeps them in f32, so allow that difference.
+    CompareSteps(m, Options(m.spec, 0, -1, q), 5, 4, 3e-2, 3e-2);
+  }
+}
+
+TEST(CudaStageExecutorTest, TwoStagesPassHiddenStates) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("llama-split", "--preset tiny-llama --dtype f32 --seed 26"));
+  const int half = m.spec.num_layers / 2;
+  auto first = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec, 0, half), 0);
+  auto second = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec, half), 0);
+  auto whole = StageExecutor::Create(m.spec, m.checkpoint, Options(m.spec));
+  ASSERT_TRUE(first.ok() && second.ok() && whole.ok());
+  std::vector<int32_t> prompt = RandomTokens(7, m.spec.vocab_size);
+  SequenceStep s{.seq_id = 9, .start = 0, .count = 7};
+  auto h = (*first)->Forward({&s, 1}, prompt, {});
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->size(), size_t{7} * m.spec.hidden_size);
+  std::vector<float> hidden(h->begin(), h->end());
+  auto got = (*second)->Forward({&s, 1}, {}, hidden);
+  ASSERT_TRUE(got.ok()) << got.status();
+  auto want = (*whole)->Forward({&s, 1}, prompt, {});
+  ASSERT_TRUE(want.ok()) << want.status();
+  EXPECT_LT(RelL2(*got, *want), 1e-4);
+}
+
+TEST(CudaStageExecutorTest, MixedBatchEqualsSequencesAlone) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("qwen2-mixed", "--preset tiny-qwen2 --dtype f32 --seed 27"));
+  auto alone = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 0);
+  auto mixed = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 0);
+  ASSERT_TRUE(alone.ok() && mixed.ok());
+  std::vector<int32_t> a = RandomTokens(5, m.spec.vocab_size), b = RandomTokens(3, m.spec.vocab_size);
+  // Both sequences prefill separately, then sequence 1 decodes while 2 prefills more.
+  for (auto* stage : {alone->get(), mixed->get()}) {
+    SequenceStep s1{.seq_id = 1, .start = 0, .count = 5};
+    ASSERT_TRUE(stage->Forward({&s1, 1}, a, {}).ok());
+  }
+  const int32_t next = 3;
+  SequenceStep d1{.seq_id = 1, .start = 5, .count = 1};
+  auto want1 = (*alone)->Forward({&d1, 1}, {&next, 1}, {});
+  ASSERT_TRUE(want1.ok());
+  std::vector<float> w1(want1->begin(), want1->end());
+  SequenceStep p2{.seq_id = 2, .start = 0, .count = 3};
+  auto want2 = (*alone)->Forward({&p2, 1}, b, {});
+  ASSERT_TRUE(want2.ok());
+  std::vector<float> w2(want2->begin(), want2->end());
+
+  SequenceStep both[] = {d1, p2};
+  std::vector<int32_t> tokens = {next};
+  tokens.insert(tokens.end(), b.begin(), b.end());
+  auto got = (*mixed)->Forward(both, tokens, {});
+  ASSERT_TRUE(got.ok()) << got.status();
+  const size_t vocab = static_cast<size_t>(m.spec.vocab_size);
+  EXPECT_LT(RelL2(got->subspan(0, vocab), w1), 1e-5);
+  EXPECT_LT(RelL2(got->subspan(vocab, vocab), w2), 1e-5);
+}
+
+// Decode steps replayed from captured graphs give exactly what launching the
+// kernels one by one gives, batch size after batch size.
+TEST(CudaStageExecutorTest, GraphReplayEqualsDirectLaunches) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("llama-graph", "--preset tiny-llama --dtype bf16 --seed 29"));
+  StageOptions with = Options(m.spec), without = Options(m.spec);
+  without.cuda_graphs = false;
+  auto graphs = CudaStageExecutor::Create(m.spec, m.checkpoint, with, 0);
+  auto direct = CudaStageExecutor::Create(m.spec, m.checkpoint, without, 0);
+  ASSERT_TRUE(graphs.ok() && direct.ok());
+  std::vector<int32_t> prompt = RandomTokens(4, m.spec.vocab_size);
+  for (uint64_t id = 1; id <= 3; ++id) {
+    SequenceStep p{.seq_id = id, .start = 0, .count = 4};
+    ASSERT_TRUE((*graphs)->Forward({&p, 1}, prompt, {}).ok());
+    ASSERT_TRUE((*direct)->Forward({&p, 1}, prompt, {}).ok());
+  }
+  for (int step = 0; step < 12; ++step) {
+    std::vector<SequenceStep> seqs;
+    std::vector<int32_t> tokens;
+    for (uint64_t id = 1; id <= 3; ++id) {
+      seqs.push_back({.seq_id = id, .start = 4 + step, .count = 1});
+      tokens.push_back(static_cast<int32_t>((step * 7 + id) % m.spec.vocab_size));
+    }
+    auto g = (*graphs)->Forward(seqs, tokens, {});
+    ASSERT_TRUE(g.ok()) << g.status();
+    std::vector<float> got(g->begin(), g->end());
+    auto w = (*direct)->Forward(seqs, tokens, {});
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_EQ(got.size(), w->size());
+    EXPECT_EQ(std::memcmp(got.data(), w->data(), got.size() * sizeof(float)), 0) << "step " << step;
+  }
+}
+
+TEST(CudaStageExecutorTest, BadInputIsAnErrorAndTheStageLivesOn) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("llama-bad", "--preset tiny-llama --dtype f32 --seed 28"));
+  auto stage = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 0);
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const int32_t bad = m.spec.vocab_size;
+  SequenceStep s{.seq_id = 1, .start = 0, .count = 1};
+  EXPECT_FALSE((*stage)->Forward({&s, 1}, {&bad, 1}, {}).ok());
+  const int32_t good = 1;
+  EXPECT_TRUE((*stage)->Forward({&s, 1}, {&good, 1}, {}).ok());
+  EXPECT_FALSE(CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 999).ok());
+}
+
+}  // namespace
+}  // namespace tandem
