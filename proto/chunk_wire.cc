@@ -198,7 +198,8 @@ StatusOr<bool> ReceivedMessage::AsChunk(int field, ChunkView* chunk) const {
   chunk->checksum = 0;
   chunk->payload.clear();
   while (in.left() > 0) {
-    if (!in.ReadVarint(&tag) || (tag >> 3) == 0) return Malformed();
+    // As protobuf: a tag is a 32-bit varint with a non-zero field number.
+    if (!in.ReadVarint(&tag) || tag > 0xFFFFFFFFu || (tag >> 3) == 0) return Malformed();
     const uint64_t number = tag >> 3;
     const int wire_type = static_cast<int>(tag & 7);
     uint64_t v = 0;

@@ -9,8 +9,11 @@
 #include <cstring>
 #include <random>
 
+#include "absl/strings/escaping.h"
 #include "proto/activation_sample.h"
+#include "proto/chunk_wire.h"
 #include "proto/tensor_codec.h"
+#include "tandem/v1/node.pb.h"
 
 namespace tandem {
 namespace {
@@ -161,6 +164,53 @@ TEST(TensorDecoderFuzz, RandomHeadersNeverAllocateBeyondLimits) {
       EXPECT_LE(decoded->NumBytes(), limits.max_raw_bytes);
     }
   }
+}
+
+// Received chunk messages are parsed in place (proto/chunk_wire.h): corrupted
+// bytes, cut into random slices, must either be refused or read exactly as
+// protobuf reads them, never crash or read out of bounds.
+TEST(TensorDecoderFuzz, CorruptChunkMessagesParseAsProtobufOrFail) {
+  const uint64_t seed = FuzzSeed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  Mutator m(seed);
+  std::mt19937_64 rng(seed);
+  constexpr int kField = v1::EchoMessage::kChunkFieldNumber;
+  int accepted = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    v1::EchoMessage msg;
+    v1::TensorChunk* c = msg.mutable_chunk();
+    c->set_index(static_cast<uint32_t>(m.Below(2) ? m.Below(300) : m.Next()));
+    c->set_checksum(m.Next());
+    std::string payload(m.Below(500), '\0');
+    for (char& ch : payload) ch = static_cast<char>(m.Next());
+    c->set_payload(payload);
+    std::string wire = msg.SerializeAsString();
+    m.MutateBytes(&wire);
+    std::vector<grpc::Slice> slices;
+    for (size_t at = 0; at < wire.size();) {
+      const size_t n = std::min(wire.size() - at, static_cast<size_t>(rng() % 64));
+      slices.emplace_back(wire.data() + at, n);
+      at += n;
+    }
+    grpc::ByteBuffer buffer(slices.data(), slices.size());
+    ReceivedMessage received;
+    ASSERT_TRUE(received.Reset(buffer).ok());
+    ChunkView view;
+    auto is_chunk = received.AsChunk(kField, &view);
+    v1::EchoMessage parsed;
+    const bool protobuf_ok = parsed.ParseFromString(wire);
+    if (!is_chunk.ok() || !*is_chunk) continue;
+    ++accepted;
+    // Read in place as a chunk: protobuf must agree on every field.
+    ASSERT_TRUE(protobuf_ok) << "iteration " << iter << ": " << absl::BytesToHexString(wire);
+    ASSERT_TRUE(parsed.has_chunk()) << "iteration " << iter;
+    EXPECT_EQ(view.index, parsed.chunk().index());
+    EXPECT_EQ(view.checksum, parsed.chunk().checksum());
+    std::string joined;
+    for (auto piece : view.payload) joined.append(reinterpret_cast<const char*>(piece.data()), piece.size());
+    EXPECT_EQ(joined, parsed.chunk().payload()) << "iteration " << iter;
+  }
+  EXPECT_GT(accepted, 0);
 }
 
 }  // namespace
