@@ -4,13 +4,11 @@
 #include <optional>
 #include <thread>
 
-#include "grpcpp/client_context.h"
-#include "grpcpp/support/sync_stream.h"
 #include "proto/chunk_wire.h"
 #include "proto/frame_stream.h"
 #include "proto/grpc_channel.h"
 #include "proto/hello.h"
-#include "tandem/v1/node.grpc.pb.h"
+#include "proto/raw_stream.h"
 
 namespace tandem {
 namespace {
@@ -28,11 +26,7 @@ class GrpcEchoConnection final : public EchoConnection {
   explicit GrpcEchoConnection(std::string target)
       : target_(std::move(target)),
         channel_(MakeChannel(target_)),
-        method_(EchoMethodName(), grpc::internal::RpcMethod::BIDI_STREAMING, channel_) {
-    // What the generated stub does, with byte buffers in place of messages.
-    stream_.reset(grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-        channel_.get(), method_, &context_));
-  }
+        stream_(OpenNodeStream(*channel_, NodeStreamMethod::kEcho, &context_)) {}
   ~GrpcEchoConnection() override {
     if (!closed_) {
       context_.TryCancel();
@@ -71,13 +65,6 @@ class GrpcEchoConnection final : public EchoConnection {
   void set_peer(const v1::Hello& h) { peer_ = h; }
 
  private:
-  // "/tandem.v1.Node/Echo", from the generated service.
-  static const char* EchoMethodName() {
-    static const std::string* name =
-        new std::string(absl::StrCat("/", v1::Node::service_full_name(), "/Echo"));
-    return name->c_str();
-  }
-
   Status WriteBuffer(const grpc::ByteBuffer& buffer) {
     if (!stream_->Write(buffer)) return ClosedError("write");
     return absl::OkStatus();
@@ -94,9 +81,8 @@ class GrpcEchoConnection final : public EchoConnection {
 
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
-  grpc::internal::RpcMethod method_;
   grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream_;
+  std::unique_ptr<RawClientStream> stream_;
   bool closed_ = false;
 };
 

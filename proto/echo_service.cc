@@ -127,9 +127,7 @@ EchoReactor* NewEchoReactor(const v1::Hello& mine, const DecodeLimits& limits) {
   return new EchoStreamReactor(mine, limits);
 }
 
-EchoReactor* EchoService::Echo(grpc::CallbackServerContext* /*context*/) {
-  return NewEchoReactor(mine_, limits_);
-}
+RawStreamReactor* EchoService::NewEcho() { return NewEchoReactor(mine_, limits_); }
 
 StatusOr<GrpcEchoServer> StartGrpcEchoServer(const std::string& address, const v1::Hello& mine) {
   GrpcEchoServer s;
@@ -137,11 +135,12 @@ StatusOr<GrpcEchoServer> StartGrpcEchoServer(const std::string& address, const v
   grpc::ServerBuilder builder;
   ConfigureServerBuilder(builder);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s.port);
-  builder.RegisterService(s.service.get());
+  s.service->AddTo(builder);
   s.server = builder.BuildAndStart();
   if (s.server == nullptr || s.port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", address));
   }
+  s.service->StartServing();
   return s;
 }
 

@@ -7,6 +7,7 @@
 #include "core/cli.h"
 #include "core/logging.h"
 #include "node/daemon/node_daemon.h"
+#include "proto/grpc_channel.h"
 
 int main(int argc, char** argv) {
   CLI::App app(
@@ -21,6 +22,9 @@ int main(int argc, char** argv) {
   auto config = flags.Resolve();
   if (!config.ok()) return tandem::ReportError("tandem-node", config.status());
   tandem::InitLogging(app.count("--log-level") ? log_level : config->log_level);
+  // Activation chunks are megabytes: keep their memory instead of mapping
+  // it afresh for every frame.
+  tandem::RetainLargeBufferMemory();
 
   // SIGINT/SIGTERM stop the daemon cleanly from a dedicated thread.
   sigset_t signals;

@@ -4,9 +4,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/logging.h"
+#include "proto/chunk_wire.h"
 #include "proto/frame_stream.h"
 #include "proto/grpc_channel.h"
 #include "proto/hello.h"
+#include "proto/raw_stream.h"
 
 namespace tandem {
 
@@ -18,17 +20,42 @@ v1::StepResult StepError(const v1::ForwardBegin& begin, const std::string& messa
   return r;
 }
 
+// Node.Forward carrying byte buffers: requests are serialized here (chunks
+// without copying their payloads), responses parsed here.
 struct NextStageLink::Stream {
   grpc::ClientContext context;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::ForwardRequest, v1::ForwardResponse>> rw;
+  std::unique_ptr<RawClientStream> rw;
   std::atomic<bool> broken{false};
+
+  bool Write(const v1::ForwardRequest& request, grpc::WriteOptions options = {}) {
+    StatusOr<grpc::ByteBuffer> buffer = MessageBuffer(request);
+    CHECK(buffer.ok());  // serializing a message we built cannot fail
+    return rw->Write(*buffer, options);
+  }
+  bool WriteChunk(v1::TensorChunk&& chunk) {
+    grpc::ByteBuffer buffer =
+        ChunkMessageBuffer(v1::ForwardRequest::kChunkFieldNumber, std::move(chunk));
+    return rw->Write(buffer);
+  }
+  // False when the stream has ended or sent something unparsable.
+  bool Read(v1::ForwardResponse* response) {
+    grpc::ByteBuffer buffer;
+    if (!rw->Read(&buffer)) return false;
+    Status s = ParseMessageBuffer(buffer, response);
+    if (!s.ok()) {
+      spdlog::warn("next stage: {}", std::string(s.message()));
+      context.TryCancel();
+      return false;
+    }
+    return true;
+  }
 };
 
 NextStageLink::NextStageLink(std::string address, v1::Hello hello, CodecOptions codec)
     : address_(std::move(address)),
       hello_(std::move(hello)),
       codec_(codec),
-      stub_(v1::Node::NewStub(MakeChannel(address_))) {
+      channel_(MakeChannel(address_)) {
   writer_ = std::thread([this] { WriterLoop(); });
 }
 
@@ -57,11 +84,11 @@ void NextStageLink::Send(v1::ForwardBegin begin, std::vector<float> hidden, int6
 Status NextStageLink::Connect() {
   auto stream = std::make_shared<Stream>();
   stream->context.set_wait_for_ready(false);
-  stream->rw = stub_->Forward(&stream->context);
+  stream->rw = OpenNodeStream(*channel_, NodeStreamMethod::kForward, &stream->context);
   v1::ForwardRequest hello;
   *hello.mutable_hello() = hello_;
   v1::ForwardResponse answer;
-  if (!stream->rw->Write(hello) || !stream->rw->Read(&answer) || !answer.has_hello()) {
+  if (!stream->Write(hello) || !stream->Read(&answer) || !answer.has_hello()) {
     grpc::Status s = stream->rw->Finish();
     return absl::UnavailableError(absl::StrCat("cannot open a stream to the next stage at ",
                                                address_, ": ", s.error_message()));
@@ -81,13 +108,17 @@ Status NextStageLink::WriteStep(Item& item) {
   *item.begin.mutable_tensor() = encoder.header();
   v1::ForwardRequest request;
   *request.mutable_begin() = std::move(item.begin);
-  if (!stream_->rw->Write(request)) return absl::UnavailableError("the stream closed");
+  // With chunks to follow, the begin may wait in gRPC's buffer to go out
+  // with the first one.
+  grpc::WriteOptions options;
+  if (encoder.num_chunks() > 0) options.set_buffer_hint();
+  if (!stream_->Write(request, options)) return absl::UnavailableError("the stream closed");
   uint64_t wire = 0;
   Status s = StreamChunks(encoder, [&](v1::TensorChunk& chunk) -> Status {
     wire += chunk.payload().size();
-    v1::ForwardRequest msg;
-    msg.mutable_chunk()->Swap(&chunk);
-    if (!stream_->rw->Write(msg)) return absl::UnavailableError("the stream closed");
+    if (!stream_->WriteChunk(std::move(chunk))) {
+      return absl::UnavailableError("the stream closed");
+    }
     return absl::OkStatus();
   });
   raw_bytes_ += view.NumBytes();
@@ -131,7 +162,7 @@ void NextStageLink::WriterLoop() {
 
 void NextStageLink::ReaderLoop(std::shared_ptr<Stream> stream) {
   v1::ForwardResponse response;
-  while (stream->rw->Read(&response)) {
+  while (stream->Read(&response)) {
     if (!response.has_result()) continue;
     const v1::StepResult& result = response.result();
     StepReply reply;

@@ -1,7 +1,9 @@
 #pragma once
 // The link from this stage to the next one: a long-lived Node.Forward stream.
 // Steps are queued and sent by a writer thread (encoding chunk k+1 while
-// chunk k goes out), so compute never waits for the network; a reader thread
+// chunk k goes out), so compute never waits for the network. Chunk payloads
+// go to gRPC as slices of their own buffers (proto/chunk_wire.h), and a
+// step's begin waits to leave with its first chunk. A reader thread
 // routes the StepResults coming back to the reply of the step they answer.
 // If the stream fails, every pending step is answered with the error, and the
 // next step opens a new stream.
@@ -19,7 +21,8 @@
 #include "core/status.h"
 #include "node/daemon/step_reply.h"
 #include "proto/tensor_codec.h"
-#include "tandem/v1/node.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "tandem/v1/node.pb.h"
 
 namespace tandem {
 
@@ -58,7 +61,7 @@ class NextStageLink {
   const std::string address_;
   const v1::Hello hello_;
   const CodecOptions codec_;
-  std::shared_ptr<v1::Node::Stub> stub_;
+  std::shared_ptr<grpc::Channel> channel_;
 
   std::mutex mutex_;
   std::condition_variable cv_;

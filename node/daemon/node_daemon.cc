@@ -141,11 +141,12 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
   ConfigureServerBuilder(builder);
   int port = 0;
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(d->service_.get());
+  d->service_->AddTo(builder);
   d->server_ = builder.BuildAndStart();
   if (!d->server_ || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
+  d->service_->StartServing();
   d->address_ = AdvertisedAddress(config, port);
   spdlog::info("node '{}': serving on {} (advertised as {})", d->config_.name, config.listen,
                d->address_);

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/logging.h"
+#include "proto/chunk_wire.h"
 #include "proto/echo_service.h"
 #include "proto/hello.h"
 
@@ -16,14 +17,15 @@ grpc::Status ToGrpc(const Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-// One Forward stream from the previous stage (or the coordinator).
-class ForwardReactor final
-    : public grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardResponse> {
+// One Forward stream from the previous stage (or the coordinator). Messages
+// arrive as byte buffers: a chunk is decoded where it arrived (chunk_wire.h),
+// anything else parsed as a ForwardRequest.
+class ForwardReactor final : public RawStreamReactor {
  public:
   explicit ForwardReactor(NodeService* service)
       : service_(service), outbox_(std::make_shared<Outbox>()) {
     outbox_->reactor = this;
-    StartRead(&request_);
+    StartRead(&in_);
   }
 
   void OnReadDone(bool ok) override {
@@ -36,7 +38,7 @@ class ForwardReactor final
       outbox_->Close(ToGrpc(s));
       return;
     }
-    StartRead(&request_);
+    StartRead(&in_);
   }
 
   void OnWriteDone(bool ok) override { outbox_->WriteDone(ok); }
@@ -52,25 +54,32 @@ class ForwardReactor final
   struct Outbox {
     std::mutex mutex;
     ForwardReactor* reactor = nullptr;  // null after OnDone
-    std::deque<v1::ForwardResponse> queue;
+    std::deque<grpc::ByteBuffer> queue;
     bool writing = false;
     bool closing = false;
     bool finished = false;
     int pending_steps = 0;
     grpc::Status status;
 
-    void Push(v1::ForwardResponse response) {
+    void Push(const v1::ForwardResponse& response) {
+      grpc::ByteBuffer buffer = Serialize(response);
       std::unique_lock lock(mutex);
       if (!reactor || finished) return;
-      queue.push_back(std::move(response));
+      queue.push_back(std::move(buffer));
       StartNext(lock);
     }
-    void StepAnswered(v1::ForwardResponse response) {
+    void StepAnswered(const v1::ForwardResponse& response) {
+      grpc::ByteBuffer buffer = Serialize(response);
       std::unique_lock lock(mutex);
       --pending_steps;
       if (!reactor || finished) return;
-      queue.push_back(std::move(response));
+      queue.push_back(std::move(buffer));
       StartNext(lock);
+    }
+    static grpc::ByteBuffer Serialize(const v1::ForwardResponse& response) {
+      StatusOr<grpc::ByteBuffer> buffer = MessageBuffer(response);
+      CHECK(buffer.ok());  // serializing a message we built cannot fail
+      return std::move(buffer).value();
     }
     void WriteDone(bool ok) {
       std::unique_lock lock(mutex);
@@ -102,7 +111,7 @@ class ForwardReactor final
       if (!queue.empty()) {
         writing = true;
         ForwardReactor* r = reactor;
-        const v1::ForwardResponse* msg = &queue.front();
+        const grpc::ByteBuffer* msg = &queue.front();
         lock.unlock();
         r->StartWrite(msg);
         return;
@@ -126,24 +135,44 @@ class ForwardReactor final
     Status error;
   };
 
+  // Handles the message in `in_`; its slices are released before returning.
   Status Handle() {
-    switch (request_.kind_case()) {
+    RETURN_IF_ERROR(received_.Reset(in_));
+    ChunkView chunk;
+    StatusOr<bool> is_chunk = received_.AsChunk(v1::ForwardRequest::kChunkFieldNumber, &chunk);
+    Status s;
+    if (!is_chunk.ok()) {
+      s = is_chunk.status();
+    } else if (*is_chunk) {
+      s = incoming_ ? Chunk(chunk) : absl::InvalidArgumentError("a tensor chunk outside a frame");
+    } else {
+      v1::ForwardRequest request;
+      s = received_.Parse(&request);
+      if (s.ok()) s = Handle(request);
+    }
+    received_.Release();
+    return s;
+  }
+
+  Status Handle(v1::ForwardRequest& request) {
+    switch (request.kind_case()) {
       case v1::ForwardRequest::kHello: {
         if (got_hello_) return absl::InvalidArgumentError("hello sent twice");
-        RETURN_IF_ERROR(CheckHello(service_->hello(), request_.hello()));
+        RETURN_IF_ERROR(CheckHello(service_->hello(), request.hello()));
         got_hello_ = true;
         v1::ForwardResponse r;
         *r.mutable_hello() = service_->hello();
-        outbox_->Push(std::move(r));
+        outbox_->Push(r);
         return absl::OkStatus();
       }
       case v1::ForwardRequest::kBegin:
         if (!got_hello_) return absl::FailedPreconditionError("a frame before the hello");
         if (incoming_) return absl::InvalidArgumentError("a frame began before the last ended");
-        return Begin(std::move(*request_.mutable_begin()));
+        return Begin(std::move(*request.mutable_begin()));
       case v1::ForwardRequest::kChunk:
+        // A chunk that AsChunk passed over (other fields beside it).
         if (!incoming_) return absl::InvalidArgumentError("a tensor chunk outside a frame");
-        return Chunk(request_.chunk());
+        return Chunk(request.chunk());
       default:
         return absl::InvalidArgumentError("an empty Forward message");
     }
@@ -194,7 +223,9 @@ class ForwardReactor final
     return absl::OkStatus();
   }
 
-  Status Chunk(const v1::TensorChunk& chunk) {
+  // `chunk`: a v1::TensorChunk or a ChunkView.
+  template <typename ChunkT>
+  Status Chunk(const ChunkT& chunk) {
     Incoming& in = *incoming_;
     ++in.chunks_seen;
     if (in.error.ok() && in.decoder) in.error = in.decoder->DecodeChunk(chunk);
@@ -220,7 +251,7 @@ class ForwardReactor final
     StepReply reply = [outbox](const v1::StepResult& result) {
       v1::ForwardResponse r;
       *r.mutable_result() = result;
-      outbox->StepAnswered(std::move(r));
+      outbox->StepAnswered(r);
     };
     if (!in.error.ok()) {
       reply(StepError(in.begin, std::string(in.error.message())));
@@ -231,7 +262,8 @@ class ForwardReactor final
 
   NodeService* service_;
   std::shared_ptr<Outbox> outbox_;
-  v1::ForwardRequest request_;
+  grpc::ByteBuffer in_;
+  ReceivedMessage received_;
   bool got_hello_ = false;
   std::optional<Incoming> incoming_;
 };
@@ -256,47 +288,37 @@ void NodeService::set_runtime(std::shared_ptr<StageRuntime> runtime) {
   old.reset();  // outside the lock: stopping a runtime joins its threads
 }
 
-grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardResponse>* NodeService::Forward(
-    grpc::CallbackServerContext* /*context*/) {
-  return new ForwardReactor(this);
-}
+RawStreamReactor* NodeService::NewForward() { return new ForwardReactor(this); }
 
-grpc::ServerUnaryReactor* NodeService::ReleaseSequences(
-    grpc::CallbackServerContext* context, const v1::ReleaseSequencesRequest* request,
-    v1::ReleaseSequencesResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  Status hello = CheckHello(hello_, request->hello());
+void NodeService::HandleReleaseSequences(const v1::ReleaseSequencesRequest& request,
+                                         v1::ReleaseSequencesResponse* response, Done done) {
+  Status hello = CheckHello(hello_, request.hello());
   if (!hello.ok()) {
-    reactor->Finish(ToGrpc(hello));
-    return reactor;
+    done(ToGrpc(hello));
+    return;
   }
   if (auto runtime = this->runtime()) {
-    runtime->Release({request->sequence_ids().begin(), request->sequence_ids().end()});
+    runtime->Release({request.sequence_ids().begin(), request.sequence_ids().end()});
   }
-  response->set_released(static_cast<uint32_t>(request->sequence_ids_size()));
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  response->set_released(static_cast<uint32_t>(request.sequence_ids_size()));
+  done(grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor* NodeService::LoadShard(grpc::CallbackServerContext* context,
-                                                 const v1::LoadShardRequest* request,
-                                                 v1::LoadShardResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  Status hello = CheckHello(hello_, request->hello());
+void NodeService::HandleLoadShard(const v1::LoadShardRequest& request,
+                                  v1::LoadShardResponse* response, Done done) {
+  Status hello = CheckHello(hello_, request.hello());
   if (!hello.ok()) {
-    reactor->Finish(ToGrpc(hello));
-    return reactor;
+    done(ToGrpc(hello));
+    return;
   }
-  // Loading takes long; run it off gRPC's callback thread.
-  std::thread([this, reactor, request, response] {
-    *response = loader_(request->assignment());
-    reactor->Finish(grpc::Status::OK);
+  // Loading takes long; run it off the serving thread. The call keeps
+  // `request` and `response` until `done`.
+  std::thread([this, &request, response, done = std::move(done)] {
+    *response = loader_(request.assignment());
+    done(grpc::Status::OK);
   }).detach();
-  return reactor;
 }
 
-EchoReactor* NodeService::Echo(grpc::CallbackServerContext* /*context*/) {
-  return NewEchoReactor(hello_, DecodeLimits{});
-}
+RawStreamReactor* NodeService::NewEcho() { return NewEchoReactor(hello_, DecodeLimits{}); }
 
 }  // namespace tandem

@@ -1,8 +1,9 @@
 #pragma once
 // The gRPC Node service a node daemon hosts (tandem/v1/node.proto):
 // Forward streams of pipeline steps, ReleaseSequences, LoadShard and Echo.
-// Callback API: handlers never block; decoding happens as chunks arrive and
-// compute runs on the StageRuntime's thread.
+// Served from one thread (proto/node_server.h): handlers never block;
+// decoding happens as chunks arrive, straight from gRPC's receive buffers,
+// and compute runs on the StageRuntime's thread.
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -10,7 +11,7 @@
 #include "node/daemon/stage_runtime.h"
 #include "proto/echo_service.h"
 #include "proto/tensor_codec.h"
-#include "tandem/v1/node.grpc.pb.h"
+#include "proto/node_server.h"
 
 namespace tandem {
 
@@ -20,21 +21,21 @@ class NodeService final : public NodeServiceBase {
   using Loader = std::function<v1::LoadShardResponse(const v1::ShardAssignment&)>;
 
   NodeService(v1::Hello hello, Loader loader);
+  ~NodeService() override { StopServing(); }
 
   // The stage now served (null while none is loaded). Thread-safe.
   std::shared_ptr<StageRuntime> runtime() const;
   void set_runtime(std::shared_ptr<StageRuntime> runtime);
   const v1::Hello& hello() const { return hello_; }
 
-  grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardResponse>* Forward(
-      grpc::CallbackServerContext* context) override;
-  grpc::ServerUnaryReactor* ReleaseSequences(grpc::CallbackServerContext* context,
-                                             const v1::ReleaseSequencesRequest* request,
-                                             v1::ReleaseSequencesResponse* response) override;
-  grpc::ServerUnaryReactor* LoadShard(grpc::CallbackServerContext* context,
-                                      const v1::LoadShardRequest* request,
-                                      v1::LoadShardResponse* response) override;
-  EchoReactor* Echo(grpc::CallbackServerContext* context) override;
+  // Served raw: chunks are decoded from the slices they arrived in.
+  RawStreamReactor* NewForward() override;
+  RawStreamReactor* NewEcho() override;
+  void HandleReleaseSequences(const v1::ReleaseSequencesRequest& request,
+                              v1::ReleaseSequencesResponse* response, Done done) override;
+  // Loads on a thread of its own.
+  void HandleLoadShard(const v1::LoadShardRequest& request, v1::LoadShardResponse* response,
+                       Done done) override;
 
  private:
   const v1::Hello hello_;  // fixed at start: read by every stream
