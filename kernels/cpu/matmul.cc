@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_vnni.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/matmul.cc"
@@ -414,6 +415,11 @@ void PermuteForInt4(const float* x, int64_t T, int64_t cols, int64_t permuted_co
 
 void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
                   const float* bias, float* y) {
+#if HWY_TARGET == HWY_AVX3_DL
+  // Integer dot products on quantized activations (matmul_vnni.h): the f32
+  // path below is bound by dequantization, not by memory, on few cores.
+  if (vnni::Handles(w)) return vnni::DecodeMatMul(pool, x, T, w, bias, y);
+#endif
   switch (w.dtype) {
     case DType::kF32:
       return DecodeMatMulT<DType::kF32>(pool, x, T, w, bias, y, 0);

@@ -1,0 +1,574 @@
+// Decode GEMV for int8/int4 weights with AVX-512 VNNI integer dot products.
+// Only the kernels carry the AVX-512 target attributes; matmul.cc calls in
+// from its AVX3_DL target, which the CPU dispatch picks only where AVX-512
+// VNNI (and VBMI) exist, so this file adds no requirement to other machines.
+#include "kernels/cpu/matmul_vnni.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "hwy/base.h"
+
+#if HWY_ARCH_X86_64 && (HWY_COMPILER_GCC || HWY_COMPILER_CLANG)
+#define TANDEM_HAVE_VNNI_KERNELS 1
+#include <immintrin.h>
+#else
+#define TANDEM_HAVE_VNNI_KERNELS 0
+#endif
+
+namespace tandem::cpu::vnni {
+
+bool Handles(const WeightMatrix& w) {
+  if (w.dtype == DType::kI8) return TANDEM_HAVE_VNNI_KERNELS;
+  if (w.dtype != DType::kI4) return false;
+  const int g = w.group_size;
+  return TANDEM_HAVE_VNNI_KERNELS && (g == 32 || g == 64 || (g > 0 && g % 128 == 0));
+}
+
+#if TANDEM_HAVE_VNNI_KERNELS
+namespace {
+
+// Activations of one call, quantized (see matmul_vnni.h) into one record per
+// (token, chunk). A chunk is the span of inputs that one step of the kernel
+// multiplies: 256 inputs (four 64-byte vectors) for int8 weights, 128 inputs
+// (one 64-byte vector of packed nibbles) for int4. Record layout:
+//   kPlanes planes of one int8 per input (high plane first), laid out to line
+//     up with the weight bytes: int8 in input order; int4 the 64 even inputs,
+//     then the 64 odd ones (low and high nibbles of the weight bytes);
+//   16 int32: per 32-bit lane, -bias * (sum of the q the lane multiplies),
+//     which cancels the bias that makes the weights unsigned for vpdpbusd
+//     (int8: w + 128; int4: q + 8);
+//   16 floats: per lane, the quantization step d of the lane's block.
+// Lane j of a chunk (the 32-bit lane of vpdpbusd) multiplies one block:
+//   int8: inputs 64k + 4j + i (k, i < 4), 16 inputs;
+//   int4: inputs 8j .. 8j + 7.
+constexpr int kPlanes = 2;
+constexpr int kLanes = 16;
+
+template <bool kInt4>
+constexpr int64_t PlaneBytes() {
+  return kInt4 ? 128 : 256;
+}
+template <bool kInt4>
+constexpr int64_t RecordBytes() {
+  return kPlanes * PlaneBytes<kInt4>() + 64 + 64;
+}
+constexpr float kQMax = kPlanes == 2 ? 32512.0f : 127.0f;
+
+struct QuantizedX {
+  const uint8_t* data = nullptr;  // [T, chunks] records, 64-byte aligned
+  int64_t chunks = 0;
+  int64_t record_bytes = 0;
+  const uint8_t* Record(int64_t t, int64_t c) const {
+    return data + (t * chunks + c) * record_bytes;
+  }
+};
+
+template <bool kInt4>
+constexpr int64_t ChunkInputs() {
+  return kInt4 ? 128 : 256;
+}
+
+// Per-thread scratch for the quantized activations, 64-byte aligned.
+uint8_t* Scratch(size_t bytes) {
+  static thread_local std::vector<uint8_t> storage;
+  if (storage.size() < bytes + 64) storage.resize(bytes + 64);
+  auto p = reinterpret_cast<uintptr_t>(storage.data());
+  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
+}
+
+// How far ahead of its current position each streamed row is prefetched.
+constexpr int64_t kPrefetchBytes = 2048;
+
+// Distance of the software prefetch of each streamed row. A tile's R rows
+// are one contiguous block, so for short rows kPrefetchBytes ahead would land
+// in rows this tile streams already; those prefetch the next tile instead.
+inline int64_t PrefetchDistance(int R, int64_t row_bytes) {
+  return R * row_bytes <= 2 * kPrefetchBytes ? R * row_bytes : kPrefetchBytes;
+}
+
+}  // namespace
+
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which its
+// -Wuninitialized flags when inlined (GCC bug 105593).
+HWY_DIAGNOSTICS(push)
+HWY_DIAGNOSTICS_OFF(disable : 4700, ignored "-Wuninitialized")
+HWY_DIAGNOSTICS_OFF(disable : 4701, ignored "-Wmaybe-uninitialized")
+HWY_PUSH_ATTRIBUTES("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,fma,bmi2")
+namespace {
+
+// The first n bytes of 64 (n may be out of [0, 64]).
+HWY_INLINE __mmask64 FirstBytes(int64_t n) {
+  if (n >= 64) return ~__mmask64{0};
+  if (n <= 0) return 0;
+  return (__mmask64{1} << n) - 1;
+}
+
+// Integer dot products of one chunk for one token and one row, exact in
+// int32: sum over the lane's inputs of q16 * w, where the record's init
+// cancels the bias of the unsigned weights.
+template <int kVectors>
+HWY_INLINE __m512i ChunkDot(const __m512i (&w)[kVectors], const uint8_t* rec) {
+  constexpr int64_t kPlaneBytes = 64 * kVectors;
+  const __m512i init = _mm512_load_si512(rec + kPlanes * kPlaneBytes);
+  if constexpr (kPlanes == 2) {
+    __m512i hi = _mm512_setzero_si512();
+    __m512i lo = init;
+    for (int k = 0; k < kVectors; ++k) {
+      hi = _mm512_dpbusd_epi32(hi, w[k], _mm512_load_si512(rec + 64 * k));
+      lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_load_si512(rec + kPlaneBytes + 64 * k));
+    }
+    return _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo);
+  } else {
+    __m512i acc = init;
+    for (int k = 0; k < kVectors; ++k) {
+      acc = _mm512_dpbusd_epi32(acc, w[k], _mm512_load_si512(rec + 64 * k));
+    }
+    return acc;
+  }
+}
+
+template <bool kInt4>
+HWY_INLINE __m512 RecordScale(const uint8_t* rec) {
+  return _mm512_load_ps(rec + kPlanes * PlaneBytes<kInt4>() + 64);
+}
+
+// The first n lanes of 16 (n may be out of [0, 16]).
+HWY_INLINE __mmask16 FirstFloats(int64_t n) {
+  if (n >= 16) return 0xFFFF;
+  if (n <= 0) return 0;
+  return static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Lane j of the result = m[j / 4][4 * (j % 4)].
+HWY_INLINE __m512i PickEvery4th(const __m512i (&m)[4]) {
+  const __m512i idx = _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+  const __m512i a = _mm512_permutex2var_epi32(m[0], idx, m[1]);
+  const __m512i b = _mm512_permutex2var_epi32(m[2], idx, m[3]);
+  return _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+}
+
+// Lane j of the result = m[j / 2][8 * (j % 2)].
+HWY_INLINE __m512i PickEvery8th(const __m512i (&m)[8]) {
+  const __m512i idx = _mm512_set_epi32(24, 16, 8, 0, 24, 16, 8, 0, 24, 16, 8, 0, 24, 16, 8, 0);
+  __m512i a[4];
+  for (int n = 0; n < 4; ++n) {
+    a[n] = _mm512_permutex2var_epi32(m[2 * n], idx, m[2 * n + 1]);
+  }
+  // a[n] lanes 0..3 hold results 4n .. 4n + 3.
+  const __m512i lo = _mm512_shuffle_i32x4(a[0], a[1], _MM_SHUFFLE(0, 0, 0, 0));  // 0..3, 4..7
+  const __m512i hi = _mm512_shuffle_i32x4(a[2], a[3], _MM_SHUFFLE(0, 0, 0, 0));
+  return _mm512_shuffle_i32x4(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+}
+
+// Every lane of each 128-bit group (kWidth 4) or 256-bit half (kWidth 8)
+// becomes the group's maximum.
+template <int kWidth>
+HWY_INLINE __m512 GroupMax(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  if constexpr (kWidth == 8)
+    v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return v;
+}
+
+template <int kWidth>
+HWY_INLINE __m512i GroupSum(__m512i v) {
+  v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+  v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+  if constexpr (kWidth == 8)
+    v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return v;
+}
+
+// Quantizes 16-bit values q = round(v * inv) of kN vectors; planes[p][m] is
+// plane p (high, then low) of vector m.
+template <int kN>
+HWY_INLINE void SplitPlanes(const __m512 (&v)[kN], const __m512 (&inv)[kN], __m512i (&q16)[kN],
+                            __m512i (&planes)[kPlanes][kN]) {
+  for (int m = 0; m < kN; ++m) {
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[m], inv[m]));
+    q16[m] = q;
+    if constexpr (kPlanes == 2) {
+      // q = 256 * hi + lo with lo in [-128, 127].
+      const __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(128)), 8);
+      planes[0][m] = hi;
+      planes[1][m] = _mm512_sub_epi32(q, _mm512_slli_epi32(hi, 8));
+    } else {
+      planes[0][m] = q;
+    }
+  }
+}
+
+// Where the largest |x| of a block is below this, the block is all zero
+// (its contribution is far below f32 resolution; avoids an infinite inverse).
+constexpr float kTinyBlock = 1e-30f;
+
+HWY_INLINE __m512 InverseStep(__m512 amax) {
+  const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(kTinyBlock), _CMP_GE_OQ);
+  return _mm512_maskz_div_ps(live, _mm512_set1_ps(kQMax), amax);
+}
+
+HWY_INLINE __m512 Step(__m512 amax) {
+  const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(kTinyBlock), _CMP_GE_OQ);
+  return _mm512_maskz_div_ps(live, amax, _mm512_set1_ps(kQMax));
+}
+
+// One int8-weight chunk: x[0, n) of the chunk's 256 inputs (zero past n).
+HWY_INLINE void QuantizeChunkI8(const float* x, int64_t n, uint8_t* rec) {
+  __m512 v[16], inv[16];
+  for (int m = 0; m < 16; ++m) v[m] = _mm512_maskz_loadu_ps(FirstFloats(n - 16 * m), x + 16 * m);
+  // Block j = lane j of the weight vectors: inputs 64k + 4j + i, found in
+  // float vector 4k + j / 4 at lanes 4 (j % 4) + i.
+  __m512 amax[4];
+  __m512i amax_bits[4];
+  for (int q = 0; q < 4; ++q) {
+    __m512 a = _mm512_abs_ps(v[q]);
+    for (int k = 1; k < 4; ++k) a = _mm512_max_ps(a, _mm512_abs_ps(v[4 * k + q]));
+    amax[q] = GroupMax<4>(a);
+    amax_bits[q] = _mm512_castps_si512(amax[q]);
+  }
+  for (int m = 0; m < 16; ++m) inv[m] = InverseStep(amax[m % 4]);
+  __m512i q16[16], planes[kPlanes][16];
+  SplitPlanes<16>(v, inv, q16, planes);
+  for (int p = 0; p < kPlanes; ++p) {
+    for (int m = 0; m < 16; ++m) {
+      _mm_store_si128(reinterpret_cast<__m128i*>(rec + p * PlaneBytes<false>() + 16 * m),
+                      _mm512_cvtepi32_epi8(planes[p][m]));
+    }
+  }
+  __m512i sums[4];
+  for (int q = 0; q < 4; ++q) {
+    __m512i sum = q16[q];
+    for (int k = 1; k < 4; ++k) sum = _mm512_add_epi32(sum, q16[4 * k + q]);
+    sums[q] = GroupSum<4>(sum);
+  }
+  _mm512_store_si512(rec + kPlanes * PlaneBytes<false>(),
+                     _mm512_mullo_epi32(PickEvery4th(sums), _mm512_set1_epi32(-128)));
+  _mm512_store_ps(rec + kPlanes * PlaneBytes<false>() + 64,
+                  Step(_mm512_castsi512_ps(PickEvery4th(amax_bits))));
+}
+
+// One int4-weight chunk: x[0, n) of the chunk's 128 inputs (zero past n).
+HWY_INLINE void QuantizeChunkI4(const float* x, int64_t n, uint8_t* rec) {
+  __m512 v[8], amax[8];
+  __m512i amax_bits[8];
+  for (int m = 0; m < 8; ++m) {
+    v[m] = _mm512_maskz_loadu_ps(FirstFloats(n - 16 * m), x + 16 * m);
+    amax[m] = GroupMax<8>(_mm512_abs_ps(v[m]));  // blocks 2m, 2m + 1: the two halves
+    amax_bits[m] = _mm512_castps_si512(amax[m]);
+  }
+  __m512 inv[8];
+  for (int m = 0; m < 8; ++m) inv[m] = InverseStep(amax[m]);
+  __m512i q16[8], planes[kPlanes][8];
+  SplitPlanes<8>(v, inv, q16, planes);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  for (int p = 0; p < kPlanes; ++p) {
+    uint8_t* plane = rec + p * PlaneBytes<true>();
+    for (int m = 0; m < 8; m += 2) {
+      _mm_store_si128(
+          reinterpret_cast<__m128i*>(plane + 8 * m),
+          _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(planes[p][m], even, planes[p][m + 1])));
+      _mm_store_si128(
+          reinterpret_cast<__m128i*>(plane + 64 + 8 * m),
+          _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(planes[p][m], odd, planes[p][m + 1])));
+    }
+  }
+  __m512i sums[8];
+  for (int m = 0; m < 8; ++m) sums[m] = GroupSum<8>(q16[m]);
+  _mm512_store_si512(rec + kPlanes * PlaneBytes<true>(),
+                     _mm512_mullo_epi32(PickEvery8th(sums), _mm512_set1_epi32(-8)));
+  _mm512_store_ps(rec + kPlanes * PlaneBytes<true>() + 64,
+                  Step(_mm512_castsi512_ps(PickEvery8th(amax_bits))));
+}
+
+// Quantizes x [T, cols] into records [T, chunks].
+template <bool kInt4>
+HWY_NOINLINE void QuantizeActivations(const float* x, int64_t T, int64_t cols, int64_t chunks,
+                                      uint8_t* out) {
+  constexpr int64_t kInputs = ChunkInputs<kInt4>();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* xc = x + t * cols + c * kInputs;
+      uint8_t* rec = out + (t * chunks + c) * RecordBytes<kInt4>();
+      const int64_t n = std::min(kInputs, cols - c * kInputs);
+      if constexpr (kInt4) {
+        QuantizeChunkI4(xc, n, rec);
+      } else {
+        QuantizeChunkI8(xc, n, rec);
+      }
+    }
+  }
+}
+
+// One chunk (256 inputs) of R int8 rows against TT tokens; kMasked: the
+// chunk runs past the end of the rows.
+template <int R, int TT, bool kMasked>
+HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols,
+                       const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t prefetch = PrefetchDistance(R, cols);
+  for (int r = 0; r < R; ++r) {
+    __m512i wv[4];
+    for (int k = 0; k < 4; ++k) {
+      if constexpr (kMasked) {
+        wv[k] = _mm512_maskz_loadu_epi8(FirstBytes(cols - b0 - 64 * k), rows[r] + b0 + 64 * k);
+      } else {
+        _mm_prefetch(reinterpret_cast<const char*>(rows[r] + b0 + 64 * k + prefetch), _MM_HINT_T0);
+        wv[k] = _mm512_loadu_si512(rows[r] + b0 + 64 * k);
+      }
+      wv[k] = _mm512_xor_si512(wv[k], flip);
+    }
+    for (int t = 0; t < TT; ++t) {
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<4>(wv, recs[t])),
+                                  RecordScale<false>(recs[t]), acc[r][t]);
+    }
+  }
+}
+
+// y[t0 + t][r0 + r] for r < R, t < TT, int8 weights: R rows streamed once
+// against TT tokens.
+template <int R, int TT>
+HWY_NOINLINE void TileI8(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
+                         const float* bias, float* y, int64_t ldy) {
+  const int64_t cols = w.cols;
+  const uint8_t* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * cols;
+  const uint8_t* recs[TT];
+  for (int t = 0; t < TT; ++t) recs[t] = qx.Record(t0 + t, 0);
+  __m512 acc[R][TT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t full = cols / 256;
+  for (int64_t c = 0; c < full; ++c) {
+    StepI8<R, TT, false>(rows, c * 256, cols, recs, acc);
+    for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<false>();
+  }
+  if (full < qx.chunks) StepI8<R, TT, true>(rows, full * 256, cols, recs, acc);
+  for (int r = 0; r < R; ++r) {
+    const float scale = w.scales[r0 + r];
+    for (int t = 0; t < TT; ++t) {
+      float s = _mm512_reduce_add_ps(acc[r][t]) * scale;
+      if (bias != nullptr) s += bias[r0 + r];
+      y[(t0 + t) * ldy + r0 + r] = s;
+    }
+  }
+}
+
+// Group scales of the 16 lanes of int4 chunk c (lane j: inputs 128c + 8j ..
+// + 7) of a row; kGroup 0 means a multiple of 128. kMasked: the chunk is the
+// last, partial one (fewer groups may remain).
+template <int kGroup, bool kMasked>
+HWY_INLINE __m512 LaneScales(const float* scales, int64_t num_groups, int64_t c, int group_size) {
+  if constexpr (kGroup == 32 || kGroup == 64) {
+    constexpr int kPerChunk = 128 / kGroup;
+    const int64_t g0 = c * kPerChunk;
+    __m128 s;
+    if constexpr (kMasked) {
+      const __mmask8 m =
+          static_cast<__mmask8>((1u << std::clamp<int64_t>(num_groups - g0, 0, kPerChunk)) - 1);
+      s = _mm_maskz_loadu_ps(m, scales + g0);
+    } else if constexpr (kGroup == 32) {
+      s = _mm_loadu_ps(scales + g0);
+    } else {
+      s = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scales + g0)));
+    }
+    const __m512i idx = kGroup == 32
+                            ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
+                            : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+  } else {
+    (void)num_groups;
+    return _mm512_set1_ps(scales[c * 128 / group_size]);
+  }
+}
+
+// One chunk (128 inputs, 64 bytes) of R int4 rows against TT tokens.
+template <int kGroup, int R, int TT, bool kMasked>
+HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&scales)[R], int64_t c,
+                       int64_t row_bytes, int64_t num_groups, int group_size,
+                       const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i eight = _mm512_set1_epi8(0x08);
+  const int64_t prefetch = PrefetchDistance(R, row_bytes);
+  const int64_t b0 = c * 64;
+  __m512 xs[TT];
+  for (int t = 0; t < TT; ++t) xs[t] = RecordScale<true>(recs[t]);
+  for (int r = 0; r < R; ++r) {
+    __m512i bytes;
+    if constexpr (kMasked) {
+      bytes = _mm512_maskz_loadu_epi8(FirstBytes(row_bytes - b0), rows[r] + b0);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + b0 + prefetch), _MM_HINT_T0);
+      bytes = _mm512_loadu_si512(rows[r] + b0);
+    }
+    // Each nibble q becomes q + 8 = (q & 15) ^ 8 in [0, 15]; 0x6A is the
+    // ternary-logic table of (a & b) ^ c.
+    const __m512i wv[2] = {
+        _mm512_ternarylogic_epi32(bytes, low4, eight, 0x6A),
+        _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 4), low4, eight, 0x6A)};
+    const __m512 ws = LaneScales<kGroup, kMasked>(scales[r], num_groups, c, group_size);
+    for (int t = 0; t < TT; ++t) {
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<2>(wv, recs[t])),
+                                  _mm512_mul_ps(ws, xs[t]), acc[r][t]);
+    }
+  }
+}
+
+// As TileI8 for int4 weights. A chunk is one FMA per accumulator, so small
+// tiles alternate two sets of accumulators to hide the FMA latency.
+template <int kGroup, int R, int TT>
+HWY_NOINLINE void TileI4(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
+                         const float* bias, float* y, int64_t ldy) {
+  constexpr int kChains = R * TT <= 4 ? 2 : 1;
+  const int64_t row_bytes = Int4RowBytes(w.cols);
+  const int64_t num_groups = Int4NumGroups(w.cols, w.group_size);
+  const int g = w.group_size;
+  const uint8_t* rows[R];
+  const float* scales[R];
+  for (int r = 0; r < R; ++r) {
+    rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * row_bytes;
+    scales[r] = w.scales + (r0 + r) * num_groups;
+  }
+  const uint8_t* recs[TT];
+  for (int t = 0; t < TT; ++t) recs[t] = qx.Record(t0 + t, 0);
+  __m512 acc[kChains][R][TT];
+  for (int u = 0; u < kChains; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < TT; ++t) acc[u][r][t] = _mm512_setzero_ps();
+  const int64_t full = row_bytes / 64;
+  int64_t c = 0;
+  for (; c + kChains <= full; c += kChains) {
+    for (int u = 0; u < kChains; ++u) {
+      StepI4<kGroup, R, TT, false>(rows, scales, c + u, row_bytes, num_groups, g, recs, acc[u]);
+      for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<true>();
+    }
+  }
+  for (; c < full; ++c) {
+    StepI4<kGroup, R, TT, false>(rows, scales, c, row_bytes, num_groups, g, recs, acc[0]);
+    for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<true>();
+  }
+  if (full < qx.chunks) {
+    StepI4<kGroup, R, TT, true>(rows, scales, full, row_bytes, num_groups, g, recs, acc[0]);
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      __m512 sum = acc[0][r][t];
+      for (int u = 1; u < kChains; ++u) sum = _mm512_add_ps(sum, acc[u][r][t]);
+      float s = _mm512_reduce_add_ps(sum);
+      if (bias != nullptr) s += bias[r0 + r];
+      y[(t0 + t) * ldy + r0 + r] = s;
+    }
+  }
+}
+
+}  // namespace
+HWY_POP_ATTRIBUTES
+HWY_DIAGNOSTICS(pop)
+
+namespace {
+
+// Tile shapes: R rows streamed together against up to MaxTokens(R) tokens,
+// R * TT float accumulators plus the weight vectors within the 32 registers.
+// One int8 token streams one row at a time (measured best from DRAM, as for
+// bf16: one long sequential stream per thread; its activations stay in L1).
+// Otherwise 4 rows share each load of the quantized activations, which
+// would bound the kernel (int4: 3 B of records per 0.5 B of weights; int8
+// with several tokens: records past L1 for long rows).
+template <bool kInt4>
+constexpr int RowsPerTile(int64_t T) {
+  return !kInt4 && T == 1 ? 1 : 4;
+}
+constexpr int MaxTokens(int R) { return R == 1 ? 8 : 4; }
+
+template <bool kInt4, int R, int TT>
+void Tile(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0, const float* bias,
+          float* y) {
+  if constexpr (!kInt4) {
+    return TileI8<R, TT>(w, r0, qx, t0, bias, y, w.rows);
+  } else {
+    switch (w.group_size) {
+      case 32:
+        return TileI4<32, R, TT>(w, r0, qx, t0, bias, y, w.rows);
+      case 64:
+        return TileI4<64, R, TT>(w, r0, qx, t0, bias, y, w.rows);
+      default:
+        return TileI4<0, R, TT>(w, r0, qx, t0, bias, y, w.rows);
+    }
+  }
+}
+
+// Tokens t0 .. T - 1 in passes of at most kMaxTokens; later passes find the
+// tile's rows in cache.
+template <bool kInt4, int R, int TT = MaxTokens(R)>
+void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0, int64_t T,
+                const float* bias, float* y) {
+  if constexpr (TT > 0) {
+    while (T - t0 >= TT) {
+      Tile<kInt4, R, TT>(w, r0, qx, t0, bias, y);
+      t0 += TT;
+    }
+    if (t0 < T) TileTokens<kInt4, R, TT - 1>(w, r0, qx, t0, T, bias, y);
+  }
+}
+
+template <bool kInt4, int kRows>
+void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMatrix& w,
+              const float* bias, float* y) {
+  const int64_t num_blocks = (w.rows + kRows - 1) / kRows;
+  // Several ranges per thread, handed out dynamically: a thread that the OS
+  // delays does not hold the others back.
+  const int64_t grain = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
+  pool.ParallelFor(
+      num_blocks,
+      [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r0 = b * kRows;
+          if (r0 + kRows <= w.rows) {
+            TileTokens<kInt4, kRows>(w, r0, qx, 0, T, bias, y);
+          } else {
+            for (int64_t r = r0; r < w.rows; ++r) TileTokens<kInt4, 1>(w, r, qx, 0, T, bias, y);
+          }
+        }
+      },
+      grain);
+}
+
+template <bool kInt4>
+void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                   const float* bias, float* y) {
+  QuantizedX qx;
+  qx.chunks = (w.cols + ChunkInputs<kInt4>() - 1) / ChunkInputs<kInt4>();
+  qx.record_bytes = RecordBytes<kInt4>();
+  uint8_t* records = Scratch(static_cast<size_t>(T * qx.chunks * qx.record_bytes));
+  QuantizeActivations<kInt4>(x, T, w.cols, qx.chunks, records);
+  qx.data = records;
+  if (RowsPerTile<kInt4>(T) == 1) {
+    RunTiles<kInt4, 1>(pool, qx, T, w, bias, y);
+  } else {
+    RunTiles<kInt4, 4>(pool, qx, T, w, bias, y);
+  }
+}
+
+}  // namespace
+
+void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                  const float* bias, float* y) {
+  CHECK(Handles(w));
+  CHECK(T >= 1 && w.cols > 0);
+  if (w.dtype == DType::kI4) return DecodeMatMulT<true>(pool, x, T, w, bias, y);
+  DecodeMatMulT<false>(pool, x, T, w, bias, y);
+}
+
+#else  // !TANDEM_HAVE_VNNI_KERNELS
+
+void DecodeMatMul(ThreadPool&, const float*, int64_t, const WeightMatrix&, const float*, float*) {
+  CHECK_MSG(false, "vnni::DecodeMatMul: not built for this architecture");
+}
+
+#endif  // TANDEM_HAVE_VNNI_KERNELS
+
+}  // namespace tandem::cpu::vnni

@@ -1,0 +1,33 @@
+#pragma once
+// Internal to kernels/cpu (used by matmul.cc): the decode path of MatMul for
+// int8 and int4 weights on x86-64 CPUs with AVX-512 VNNI. Dequantizing each
+// weight to f32 costs more than streaming it from DRAM on a few cores, so
+// here the activations are quantized instead and the products are summed as
+// integers (vpdpbusd: 64 u8 x s8 products per instruction).
+//
+// Numerics (the contract MatMul documents): each token's activations are
+// quantized per block of 16 (int8 weights) or 8 (int4 weights) inputs to
+// 16-bit integers, q = round(x / d) with d = max |x| over the block / 32512,
+// carried as two int8 planes (q = 256 * hi + lo); integer sums are exact, so
+// the only error against MatMulReference is that rounding: about 2-3e-5
+// relative L2 on Gaussian inputs. (One 8-bit plane would halve the integer
+// work but cost about 5e-3, far above the 1e-4 that the quantized-model
+// checks against a reference on the same weights allow.)
+#include <cstdint>
+
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace tandem::cpu::vnni {
+
+// Whether DecodeMatMul handles w: int8, or int4 whose group size is 32, 64 or
+// a multiple of 128 (other multiples of 32 take the generic path). Says
+// nothing about the CPU: callers dispatch here only on AVX-512 VNNI machines.
+bool Handles(const WeightMatrix& w);
+
+// MatMul for 1 <= T (meant for T <= 8), Handles(w) true, w.cols > 0. Runs on
+// the pool's threads; keeps per-thread scratch that only grows.
+void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                  const float* bias, float* y);
+
+}  // namespace tandem::cpu::vnni
