@@ -1,6 +1,7 @@
-// `tandem-bench decode`: prefill and decode speed of the CPU engine on one
-// stage holding the whole model, against this machine's memory bandwidth and
-// peak FLOP rate measured in the same run.
+// `tandem-bench decode`: prefill and decode speed of one stage holding the
+// whole model, on the CPU (against this machine's memory bandwidth and peak
+// FLOP rate measured in the same run) or on a GPU (against its device memory
+// bandwidth, measured the same way).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,7 +15,12 @@
 #include "kernels/cpu/roofline.h"
 #include "kernels/cpu/thread_pool.h"
 #include "nlohmann/json.hpp"
+#include "config/node_config.h"
 #include "node/local_pipeline.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_info.h"
+#endif
 
 namespace tandem {
 namespace {
@@ -28,6 +34,7 @@ struct DecodeFlags {
   std::string quantize = "none";
   int int4_group = 32;
   double kv_budget_mb = 256;
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -55,15 +62,38 @@ Status RunDecodeBench(const DecodeFlags& f) {
     return absl::InvalidArgumentError("--prompt and --gen must be at least 1");
   }
   ASSIGN_OR_RETURN(WeightQuantization quantize, ParseWeightQuantization(f.quantize));
-  double roofline_gbps = 0, peak_gflops = 0;
+  ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({f.device}));
+  if (devices.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--device ", f.device, ": name one device"));
+  }
+  const int cuda_device = devices[0].kind == DeviceKind::kCuda ? devices[0].ordinal : -1;
+  double roofline_gbps = 0, peak_gflops = 0;  // peak: CPU only
   std::string simd;
   int threads = 0;
-  {
+  if (cuda_device < 0) {
     cpu::ThreadPool pool(f.threads);
     threads = pool.size();
     roofline_gbps = cpu::MeasureMemoryBandwidthGBps(pool);
     peak_gflops = cpu::MeasurePeakGflops(pool);
     simd = cpu::SimdTargetName();
+  } else {
+#ifdef TANDEM_HAVE_CUDA
+    const size_t gpus = cuda::ListDevices().size();
+    if (static_cast<size_t>(cuda_device) >= gpus) {
+      return absl::NotFoundError(
+          absl::StrCat("--device ", f.device, ": no such GPU (this machine has ", gpus, ")"));
+    }
+    try {
+      roofline_gbps = cuda::MeasureDeviceBandwidthGBps(cuda_device);
+    } catch (const cuda::CudaError& e) {
+      return absl::UnavailableError(absl::StrCat("--device ", f.device, ": ", e.what()));
+    }
+    simd = f.device;
+    threads = 1;
+#else
+    return absl::UnimplementedError(
+        absl::StrCat("--device ", f.device, ": this build has no CUDA backend"));
+#endif
   }
   const size_t rss_before = ResidentBytes();
   PipelineOptions options{
@@ -74,7 +104,8 @@ Status RunDecodeBench(const DecodeFlags& f) {
                             .max_batch_sequences = 1,
                             .kv_budget_bytes = static_cast<size_t>(f.kv_budget_mb * 1048576.0),
                             .quantize = quantize,
-                            .int4_group_size = f.int4_group}};
+                            .int4_group_size = f.int4_group},
+      .cuda_device = cuda_device};
   auto load_start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(f.model, options));
   const double load_s =
@@ -140,7 +171,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
         {"roofline_fraction", achieved_gbps / roofline_gbps},
         {"prefill_gflops", prefill_gflops},
         {"peak_gflops", peak_gflops},
-        {"prefill_peak_fraction", prefill_gflops / peak_gflops},
+        {"prefill_peak_fraction", peak_gflops > 0 ? prefill_gflops / peak_gflops : 0.0},
         {"resident_bytes", rss},
         {"resident_bytes_before_load", rss_before},
         {"weight_bytes", weight_bytes},
@@ -150,6 +181,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
         {"threads", threads},
         {"tp", f.tp},
         {"simd", simd},
+        {"device", f.device},
         {"quantize", f.quantize},
         {"prompt", f.prompt},
         {"gen", f.gen}};
@@ -161,8 +193,10 @@ Status RunDecodeBench(const DecodeFlags& f) {
               threads, simd.c_str(), roofline_gbps, peak_gflops);
   std::printf("weights    %s, %.1f MB per decoded token, load %.2f s\n", f.quantize.c_str(),
               bytes_per_token / 1e6, load_s);
-  std::printf("prefill    %d tokens: %.1f tokens/s, %.1f GFLOP/s (%.0f%% of peak)\n", f.prompt,
-              prefill_tps, prefill_gflops, 100.0 * prefill_gflops / peak_gflops);
+  std::printf("prefill    %d tokens: %.1f tokens/s, %.1f GFLOP/s", f.prompt, prefill_tps,
+              prefill_gflops);
+  if (peak_gflops > 0) std::printf(" (%.0f%% of peak)", 100.0 * prefill_gflops / peak_gflops);
+  std::printf("\n");
   std::printf("decode     %d tokens: %.2f tokens/s, %.1f GB/s (%.0f%% of the roofline)\n", f.gen,
               decode_tps, achieved_gbps, 100.0 * achieved_gbps / roofline_gbps);
   std::printf("memory     resident %.1f MB = %.2f x (weights %.1f MB + KV %.1f MB)\n", rss / 1e6,
@@ -182,6 +216,8 @@ std::function<int()> SetupDecode(CLI::App& app) {
   app.add_option("--int4-group", f->int4_group, "int4 group size (32 or 128)")
       ->capture_default_str();
   app.add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache memory, MiB")->capture_default_str();
+  app.add_option("--device", f->device, "cpu, or cuda:N in a build with the CUDA backend")
+      ->capture_default_str();
   app.add_flag("--json", f->json, "print one JSON object");
   return [f] {
     Status status = RunDecodeBench(*f);

@@ -35,6 +35,37 @@ std::vector<DeviceInfo> ListDevices() {
   return devices;
 }
 
+double MeasureDeviceBandwidthGBps(int device) {
+  CUDA_CHECK(cudaSetDevice(device));
+  constexpr size_t kBytes = size_t{1} << 30;
+  void* a = nullptr;
+  void* b = nullptr;
+  CUDA_CHECK(cudaMalloc(&a, kBytes));
+  if (cudaMalloc(&b, kBytes) != cudaSuccess) {
+    cudaGetLastError();
+    cudaFree(a);
+    throw CudaError("cannot allocate 2 GiB on the GPU to measure its bandwidth");
+  }
+  cudaEvent_t start, stop;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  double best_ms = 0;
+  for (int i = 0; i < 6; ++i) {
+    CUDA_CHECK(cudaEventRecord(start));
+    CUDA_CHECK(cudaMemcpyAsync(b, a, kBytes, cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (i > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;  // the first is a warm-up
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * static_cast<double>(kBytes) / (best_ms * 1e6);
+}
+
 namespace {
 __global__ void FillKernel(float* dst, size_t n, float value) {
   size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;

@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/matmul.h"
 #endif
 
@@ -176,13 +177,7 @@ StatusOr<Calibration> CalibrateCudaNode(const ModelSpec& spec, DType weight_dtyp
                                                         : spec.HeadBytes(weight_dtype);
     c.head_ms =
         layer_bytes ? c.decode_layer_ms * static_cast<double>(head_matrix) / layer_bytes : 0;
-    // A copy reads and writes every byte once.
-    constexpr size_t kCopyBytes = size_t{1} << 30;
-    cuda::DeviceBuffer a(kCopyBytes), b(kCopyBytes);
-    const double copy_ms = time_ms(5, [&] {
-      CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), kCopyBytes, cudaMemcpyDeviceToDevice));
-    });
-    c.memory_bandwidth_gbps = 2.0 * kCopyBytes / (copy_ms * 1e6);
+    c.memory_bandwidth_gbps = cuda::MeasureDeviceBandwidthGBps(device);
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
     cublasDestroy(cublas);
