@@ -374,7 +374,7 @@ HWY_INLINE __m512 LaneScales(const float* scales, int64_t num_groups, int64_t c,
     } else if constexpr (kGroup == 32) {
       s = _mm_loadu_ps(scales + g0);
     } else {
-      s = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scales + g0)));
+      s = _mm_maskz_loadu_ps(0x3, scales + g0);  // the two scales of this 64-wide chunk
     }
     const __m512i idx = kGroup == 32
                             ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
