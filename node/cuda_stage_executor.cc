@@ -67,6 +67,7 @@ struct CudaStageExecutor::Device {
   cuda::DeviceBuffer tokens, positions, table_offsets, block_tables;
   cuda::PinnedBuffer h_tokens, h_positions, h_table_offsets, h_block_tables, h_hidden, h_out;
   size_t activation_bytes = 0;
+  cuda::GemmContext gemm;  // cublas + gemm_scratch, for every MatMul
   // Host scratch of Forward, [max_batch_sequences] each.
   std::vector<KvReservation> reservations;
   std::vector<int64_t> last_rows;
@@ -191,6 +192,8 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
     dev->gemm_scratch = cuda::DeviceBuffer(cuda::PrefillScratchBytes(max_t, widest));
     dev->reservations.resize(static_cast<size_t>(max_s));
     dev->last_rows.resize(static_cast<size_t>(max_s));
+    dev->gemm = {.cublas = dev->cublas, .scratch = dev->gemm_scratch.data(),
+                 .scratch_bytes = dev->gemm_scratch.bytes()};
     dev->tokens = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
     dev->positions = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
     dev->table_offsets = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(int64_t));
@@ -322,7 +325,7 @@ void CudaStageExecutor::EnqueueStep(int64_t T, int64_t S, std::span<const int64_
     CUDA_CHECK(cudaMemcpyAsync(d.residual.data(), d.h_hidden.data(), T * H * sizeof(float),
                                cudaMemcpyHostToDevice, s));
   }
-  RunLayers(T, S);
+  RunLayers(T);
   float* out = d.h_out.As<float>();
   if (!is_last()) {
     CUDA_CHECK(cudaMemcpyAsync(out, d.residual.data(), T * H * sizeof(float),
@@ -335,23 +338,19 @@ void CudaStageExecutor::EnqueueStep(int64_t T, int64_t S, std::span<const int64_
                                H * sizeof(float), cudaMemcpyDeviceToDevice, s));
   }
   cuda::RmsNorm(last, d.w.final_norm, static_cast<float>(spec_.rms_norm_eps), S, H, last, s);
-  const cuda::GemmContext gemm{.cublas = d.cublas, .scratch = d.gemm_scratch.data(),
-                               .scratch_bytes = d.gemm_scratch.bytes()};
-  cuda::MatMul(gemm, last, S, View(d.w.lm_head), nullptr, d.logits.As<float>(), s);
+  cuda::MatMul(d.gemm, last, S, View(d.w.lm_head), nullptr, d.logits.As<float>(), s);
   CUDA_CHECK(cudaMemcpyAsync(out, d.logits.data(), S * spec_.vocab_size * sizeof(float),
                              cudaMemcpyDeviceToHost, s));
 }
 
 // Every layer of the stage on the device stream. Each residual add is fused
 // with the norm that follows it.
-void CudaStageExecutor::RunLayers(int64_t T, int64_t /*S*/) {
+void CudaStageExecutor::RunLayers(int64_t T) {
   Device& d = *dev_;
   cudaStream_t s = d.stream;
   const int64_t H = spec_.hidden_size;
   const float eps = static_cast<float>(spec_.rms_norm_eps);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(spec_.head_dim)));
-  const cuda::GemmContext gemm{.cublas = d.cublas, .scratch = d.gemm_scratch.data(),
-                               .scratch_bytes = d.gemm_scratch.bytes()};
   const cuda::DeviceAttentionRows rows{.positions = d.positions.As<int32_t>(),
                                        .table_offsets = d.table_offsets.As<int64_t>(),
                                        .block_tables = d.block_tables.As<int32_t>(),
@@ -366,9 +365,9 @@ void CudaStageExecutor::RunLayers(int64_t T, int64_t /*S*/) {
     } else {
       cuda::AddRmsNorm(residual, proj, w.input_norm, eps, T, H, normed, s);
     }
-    cuda::MatMul(gemm, normed, T, View(w.q), w.q_bias, d.q.As<float>(), s);
-    cuda::MatMul(gemm, normed, T, View(w.k), w.k_bias, d.k.As<float>(), s);
-    cuda::MatMul(gemm, normed, T, View(w.v), w.v_bias, d.v.As<float>(), s);
+    cuda::MatMul(d.gemm, normed, T, View(w.q), w.q_bias, d.q.As<float>(), s);
+    cuda::MatMul(d.gemm, normed, T, View(w.k), w.k_bias, d.k.As<float>(), s);
+    cuda::MatMul(d.gemm, normed, T, View(w.v), w.v_bias, d.v.As<float>(), s);
     cuda::ApplyRope(d.inv_freq.As<double>(), spec_.head_dim, d.q.As<float>(), T, spec_.num_heads,
                     rows.positions, s);
     cuda::ApplyRope(d.inv_freq.As<double>(), spec_.head_dim, d.k.As<float>(), T,
@@ -376,13 +375,13 @@ void CudaStageExecutor::RunLayers(int64_t T, int64_t /*S*/) {
     cuda::WriteKv(d.kv_layers[l], d.k.As<float>(), d.v.As<float>(), rows, s);
     cuda::PagedAttention(d.q.As<float>(), d.kv_layers[l], rows, spec_.num_heads, scale,
                          d.attn.As<float>(), s);
-    cuda::MatMul(gemm, d.attn.As<float>(), T, View(w.o), nullptr, proj, s);
+    cuda::MatMul(d.gemm, d.attn.As<float>(), T, View(w.o), nullptr, proj, s);
     cuda::AddRmsNorm(residual, proj, w.post_norm, eps, T, H, normed, s);
-    cuda::MatMul(gemm, normed, T, View(w.gate), nullptr, d.gate.As<float>(), s);
-    cuda::MatMul(gemm, normed, T, View(w.up), nullptr, d.up.As<float>(), s);
+    cuda::MatMul(d.gemm, normed, T, View(w.gate), nullptr, d.gate.As<float>(), s);
+    cuda::MatMul(d.gemm, normed, T, View(w.up), nullptr, d.up.As<float>(), s);
     cuda::SiluMul(d.gate.As<float>(), d.up.As<float>(), d.gate.As<float>(),
                   T * spec_.intermediate_size, s);
-    cuda::MatMul(gemm, d.gate.As<float>(), T, View(w.down), nullptr, proj, s);
+    cuda::MatMul(d.gemm, d.gate.As<float>(), T, View(w.down), nullptr, proj, s);
   }
   if (!d.w.layers.empty()) cuda::AddInPlace(residual, proj, T * H, s);
 }

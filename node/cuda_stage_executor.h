@@ -54,7 +54,7 @@ class CudaStageExecutor final : public Stage {
   CudaStageExecutor(const ModelSpec& spec, const StageOptions& options, PagedKvCache kv,
                     std::unique_ptr<Device> device);
   void EnqueueStep(int64_t T, int64_t S, std::span<const int64_t> last_rows);
-  void RunLayers(int64_t T, int64_t S);
+  void RunLayers(int64_t T);
 
   ModelSpec spec_;
   StageOptions options_;

@@ -86,6 +86,17 @@ struct Candidates {
   }
 };
 
+// The summed weight of the candidates; every thread gets it.
+__device__ double KeptTotal(Shared& sh, const Candidates& c) {
+  double part = 0;
+  for (int i = threadIdx.x; i < c.vocab; i += blockDim.x) {
+    uint64_t key;
+    const double w = c.Kept(i, &key);
+    if (w >= 0) part += w;
+  }
+  return BlockSum(sh, part);
+}
+
 // Walks the candidates in sorted order (descending key) and returns the key
 // of the first one at which the running total (of weights, or of 1 per token
 // when !by_mass) reaches `target`: total >= target, or total > target when
@@ -197,16 +208,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const bool top_k = p.top_k > 0 && p.top_k < vocab;
   if (top_k) c.floor = SelectByRank(sh, c, static_cast<double>(p.top_k), false, false);
-  double total = 0;
-  {
-    double part = 0;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-      uint64_t key;
-      const double w = c.Kept(i, &key);
-      if (w >= 0) part += w;
-    }
-    total = BlockSum(sh, part);
-  }
+  double total = KeptTotal(sh, c);
   const bool sorted = top_k || p.top_p < 1.0f;
   if (p.top_p < 1.0f) {
     c.floor = SelectByRank(sh, c, static_cast<double>(p.top_p) * total, true, false);
@@ -214,13 +216,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (p.min_p > 0.0f) {
     c.min_weight = p.min_p;
-    double part = 0;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-      uint64_t key;
-      const double w = c.Kept(i, &key);
-      if (w >= 0) part += w;
-    }
-    total = BlockSum(sh, part);
+    total = KeptTotal(sh, c);
   }
   const double u = p.uniform * total;
   int token = 0;

@@ -3,16 +3,12 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/cuda/require_gpu.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_info.h"
 
 namespace tandem::cuda {
 namespace {
-
-#define REQUIRE_GPU()                                                              \
-  do {                                                                             \
-    if (ListDevices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine";      \
-  } while (0)
 
 TEST(CudaDeviceTest, ListingNeverFails) {
   for (const DeviceInfo& d : ListDevices()) {

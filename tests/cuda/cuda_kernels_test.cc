@@ -13,6 +13,7 @@
 
 #include "core/dtype.h"
 #include "gtest/gtest.h"
+#include "tests/cuda/require_gpu.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/paged_attention.h"
@@ -28,11 +29,6 @@ namespace tandem::cuda {
 namespace {
 
 using cpu::testing::RelativeL2;
-
-#define REQUIRE_GPU()                                                         \
-  do {                                                                        \
-    if (ListDevices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine"; \
-  } while (0)
 
 class CudaKernelTest : public cpu::testing::SeededTest {
  protected:

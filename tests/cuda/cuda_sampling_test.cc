@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/cuda/require_gpu.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/device_info.h"
@@ -19,11 +20,6 @@
 
 namespace tandem::cuda {
 namespace {
-
-#define REQUIRE_GPU()                                                         \
-  do {                                                                        \
-    if (ListDevices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine"; \
-  } while (0)
 
 // One row: its parameters, logits and the CPU sampler's choice.
 struct Row {

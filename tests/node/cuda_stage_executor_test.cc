@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/cuda/require_gpu.h"
 #include "kernels/cuda/device_info.h"
 #include "model/checkpoint.h"
 #include "model/model_spec.h"
@@ -25,11 +26,6 @@ namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
-
-#define REQUIRE_GPU()                                                                  \
-  do {                                                                                 \
-    if (cuda::ListDevices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine";    \
-  } while (0)
 
 using testing::MakeModel;
 using testing::RandomTokens;

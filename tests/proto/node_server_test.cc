@@ -22,6 +22,15 @@
 namespace tandem {
 namespace {
 
+// The bytes of a buffer, however it is sliced.
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string out;
+  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
 struct Counters {
   std::atomic<int> cancelled{0};
   std::atomic<int> done{0};
@@ -66,15 +75,6 @@ class ReversingReactor final : public RawStreamReactor {
   }
 
  private:
-  static std::string Flatten(const grpc::ByteBuffer& buffer) {
-    std::vector<grpc::Slice> slices;
-    EXPECT_TRUE(buffer.Dump(&slices).ok());
-    std::string out;
-    for (const grpc::Slice& s : slices) {
-      out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-    return out;
-  }
 
   void WriteLoop() {
     std::unique_lock lock(mutex_);
@@ -149,15 +149,6 @@ class NodeServerTest : public ::testing::Test {
     grpc::Slice slice(bytes);
     return grpc::ByteBuffer(&slice, 1);
   }
-  static std::string Text(const grpc::ByteBuffer& buffer) {
-    std::vector<grpc::Slice> slices;
-    EXPECT_TRUE(buffer.Dump(&slices).ok());
-    std::string out;
-    for (const grpc::Slice& s : slices) {
-      out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-    return out;
-  }
 
   TestService service_;
   std::unique_ptr<grpc::Server> server_;
@@ -186,7 +177,7 @@ TEST_F(NodeServerTest, StreamAnswersEveryMessageInOrderAndEndsCleanly) {
   for (const std::string& s : sent) {
     grpc::ByteBuffer reply;
     ASSERT_TRUE(stream->Read(&reply));
-    EXPECT_EQ(Text(reply), std::string(s.rbegin(), s.rend()));
+    EXPECT_EQ(Flatten(reply), std::string(s.rbegin(), s.rend()));
   }
   writer.join();
   grpc::ByteBuffer extra;
@@ -208,7 +199,7 @@ TEST_F(NodeServerTest, ManyStreamsAtOnce) {
       const std::string msg = "stream " + std::to_string(c);
       if (!stream->Write(Buffer(msg))) return;
       grpc::ByteBuffer reply;
-      if (!stream->Read(&reply) || Text(reply) != std::string(msg.rbegin(), msg.rend())) return;
+      if (!stream->Read(&reply) || Flatten(reply) != std::string(msg.rbegin(), msg.rend())) return;
       stream->WritesDone();
       if (stream->Finish().ok()) ++ok;
     });
@@ -251,7 +242,7 @@ TEST_F(NodeServerTest, ClientCancelReachesTheReactor) {
   ASSERT_TRUE(stream->Write(Buffer("abc")));
   grpc::ByteBuffer reply;
   ASSERT_TRUE(stream->Read(&reply));
-  EXPECT_EQ(Text(reply), "cba");
+  EXPECT_EQ(Flatten(reply), "cba");
   context.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(Reaches(service_.counters.cancelled, 1));
