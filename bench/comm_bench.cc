@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "bench/stats.h"
 #include "core/cli.h"
 #include "core/command.h"
 #include "grpcpp/server.h"
@@ -58,10 +59,7 @@ struct Row {
 double Seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
+using bench::Median;
 
 StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& s) {
   const size_t colon = s.rfind(':');

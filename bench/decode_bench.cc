@@ -2,14 +2,23 @@
 // whole model, on the CPU (against this machine's memory bandwidth and peak
 // FLOP rate measured in the same run) or on a GPU (against its device memory
 // bandwidth, measured the same way).
+//
+// On the CPU the decoded tokens are timed in rounds, each right after a
+// bandwidth measurement, and the roofline fraction is the median over rounds
+// of (round's GB/s / bandwidth just before it): a shared machine's bandwidth
+// drifts by tens of percent from one second to the next, and a figure taken
+// once at the start compares the decode with another moment's machine.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/stats.h"
 #include "core/cli.h"
 #include "core/command.h"
 #include "kernels/cpu/roofline.h"
@@ -29,6 +38,7 @@ struct DecodeFlags {
   std::string model;
   int prompt = 512;
   int gen = 64;
+  int rounds = 8;
   int threads = 0;
   int tp = 1;
   std::string quantize = "none";
@@ -61,6 +71,10 @@ Status RunDecodeBench(const DecodeFlags& f) {
   if (f.prompt < 1 || f.gen < 1) {
     return absl::InvalidArgumentError("--prompt and --gen must be at least 1");
   }
+  if (f.rounds < 1 || f.rounds > f.gen) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rounds ", f.rounds, ": must be in [1, --gen = ", f.gen, "]"));
+  }
   ASSIGN_OR_RETURN(WeightQuantization quantize, ParseWeightQuantization(f.quantize));
   ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({f.device}));
   if (devices.size() != 1) {
@@ -70,11 +84,15 @@ Status RunDecodeBench(const DecodeFlags& f) {
   double roofline_gbps = 0, peak_gflops = 0;  // peak: CPU only
   std::string simd;
   int threads = 0;
+  // CPU: the probe's own pool sleeps while the stage's pool decodes.
+  std::optional<cpu::ThreadPool> probe_pool;
+  std::optional<cpu::BandwidthProbe> probe;
   if (cuda_device < 0) {
-    cpu::ThreadPool pool(f.threads);
-    threads = pool.size();
-    roofline_gbps = cpu::MeasureMemoryBandwidthGBps(pool);
-    peak_gflops = cpu::MeasurePeakGflops(pool);
+    probe_pool.emplace(f.threads);
+    threads = probe_pool->size();
+    probe.emplace(*probe_pool);
+    roofline_gbps = probe->Measure(9);
+    peak_gflops = cpu::MeasurePeakGflops(*probe_pool);
     simd = cpu::SimdTargetName();
   } else {
 #ifdef TANDEM_HAVE_CUDA
@@ -135,23 +153,35 @@ Status RunDecodeBench(const DecodeFlags& f) {
     return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
   };
   int32_t token = argmax(logits);
-  // One untimed decode step, then `gen` timed ones.
+  // One untimed decode step, then `gen` timed ones in `rounds` rounds.
   step = SequenceStep{.seq_id = 1, .start = f.prompt, .count = 1};
   ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
   token = argmax(logits);
-  t0 = Clock::now();
-  for (int i = 0; i < f.gen; ++i) {
-    step = SequenceStep{.seq_id = 1, .start = f.prompt + 1 + i, .count = 1};
-    ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
-    token = argmax(logits);
+  const double bytes_per_token = static_cast<double>(pipeline->weight_bytes_per_step());
+  double decode_s = 0;
+  std::vector<double> round_rooflines, round_fractions;
+  for (int r = 0, done = 0; r < f.rounds; ++r) {
+    const int n = static_cast<int>(int64_t{f.gen} * (r + 1) / f.rounds) - done;
+    const double roofline = probe ? probe->Measure(3) : roofline_gbps;
+    t0 = Clock::now();
+    for (int i = 0; i < n; ++i, ++done) {
+      step = SequenceStep{.seq_id = 1, .start = f.prompt + 1 + done, .count = 1};
+      ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
+      token = argmax(logits);
+    }
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    decode_s += s;
+    round_rooflines.push_back(roofline);
+    round_fractions.push_back(bytes_per_token * n / s / 1e9 / roofline);
   }
-  const double decode_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  const size_t rss = ResidentBytes();
+  // The probe's buffer is not part of the stage.
+  const size_t rss = ResidentBytes() - (probe ? probe->bytes() : 0);
 
   const double decode_tps = f.gen / decode_s;
   const double prefill_tps = f.prompt / prefill_s;
-  const double bytes_per_token = static_cast<double>(pipeline->weight_bytes_per_step());
   const double achieved_gbps = bytes_per_token * decode_tps / 1e9;
+  roofline_gbps = bench::Median(round_rooflines);
+  const double roofline_fraction = bench::Median(round_fractions);
   const double n = f.prompt;
   const double prefill_flops =
       LayerFlopsPerToken(spec) * n +
@@ -168,7 +198,9 @@ Status RunDecodeBench(const DecodeFlags& f) {
         {"bytes_per_token", bytes_per_token},
         {"achieved_gbps", achieved_gbps},
         {"roofline_gbps", roofline_gbps},
-        {"roofline_fraction", achieved_gbps / roofline_gbps},
+        {"roofline_fraction", roofline_fraction},
+        {"round_roofline_gbps", round_rooflines},
+        {"round_roofline_fractions", round_fractions},
         {"prefill_gflops", prefill_gflops},
         {"peak_gflops", peak_gflops},
         {"prefill_peak_fraction", peak_gflops > 0 ? prefill_gflops / peak_gflops : 0.0},
@@ -198,7 +230,13 @@ Status RunDecodeBench(const DecodeFlags& f) {
   if (peak_gflops > 0) std::printf(" (%.0f%% of peak)", 100.0 * prefill_gflops / peak_gflops);
   std::printf("\n");
   std::printf("decode     %d tokens: %.2f tokens/s, %.1f GB/s (%.0f%% of the roofline)\n", f.gen,
-              decode_tps, achieved_gbps, 100.0 * achieved_gbps / roofline_gbps);
+              decode_tps, achieved_gbps, 100.0 * roofline_fraction);
+  if (probe) {
+    const auto [lo, hi] = std::minmax_element(round_fractions.begin(), round_fractions.end());
+    std::printf("           %d rounds against the bandwidth just before each: median %.0f%%, "
+                "range %.0f-%.0f%%; bandwidth median %.1f GB/s\n",
+                f.rounds, 100.0 * roofline_fraction, 100.0 * *lo, 100.0 * *hi, roofline_gbps);
+  }
   std::printf("memory     resident %.1f MB = %.2f x (weights %.1f MB + KV %.1f MB)\n", rss / 1e6,
               static_cast<double>(rss) / (weight_bytes + kv_bytes), weight_bytes / 1e6,
               kv_bytes / 1e6);
@@ -210,6 +248,10 @@ std::function<int()> SetupDecode(CLI::App& app) {
   app.add_option("--model", f->model, "model folder (Hugging Face layout)")->required();
   app.add_option("--prompt", f->prompt, "prompt tokens (random ids)")->capture_default_str();
   app.add_option("--gen", f->gen, "decoded tokens")->capture_default_str();
+  app.add_option("--rounds", f->rounds,
+                 "CPU: decode in this many rounds, each after a bandwidth measurement; the "
+                 "roofline fraction is the median over rounds")
+      ->capture_default_str();
   app.add_option("--threads", f->threads, "threads (0 = every core)")->capture_default_str();
   app.add_option("--tp", f->tp, "tensor-parallel ranks")->capture_default_str();
   app.add_option("--quantize", f->quantize, "none, int8 or int4")->capture_default_str();

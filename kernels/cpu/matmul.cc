@@ -578,6 +578,16 @@ void PrefillMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
       1);
 }
 
+bool RoundsActivationsImpl(const WeightMatrix& w, int64_t T) {
+#if HWY_TARGET == HWY_AVX3_DL
+  return T >= 1 && T <= kDecodeMaxTokens && vnni::Handles(w);
+#else
+  (void)w;
+  (void)T;
+  return false;
+#endif
+}
+
 void MatMulImpl(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
                 const float* bias, float* y) {
   if (T <= kDecodeMaxTokens) {
@@ -595,6 +605,11 @@ HWY_AFTER_NAMESPACE();
 namespace tandem::cpu {
 
 HWY_EXPORT(MatMulImpl);
+HWY_EXPORT(RoundsActivationsImpl);
+
+bool RoundsActivations(const WeightMatrix& w, int64_t T) {
+  return HWY_DYNAMIC_DISPATCH(RoundsActivationsImpl)(w, T);
+}
 
 void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w, const float* bias,
             float* y) {

@@ -13,15 +13,20 @@
 // Both paths dispatch at run time to the widest SIMD of the machine.
 //
 // Numerics: products are summed in f32, so results differ from
-// MatMulReference by f32 rounding only, with one exception. On CPUs with
-// AVX-512 VNNI the decode path (T <= 8) of int8 and int4 weights (group size
-// 32, 64 or a multiple of 128) quantizes each token's activations to 16-bit
-// integers, per block of 16 (int8) or 8 (int4) inputs with step max|x| /
-// 32512 over the block, round to nearest, and sums the integer products
-// exactly (int32) before scaling. That rounding adds about 2-3e-5 relative
-// L2 error on Gaussian activations (tests allow 1e-4; tiny models' logits
-// move by 1-5e-5); it is the price of not widening every weight to f32, which
-// bounds the f32 path by compute, not memory.
+// MatMulReference by f32 rounding only, with one exception (RoundsActivations
+// says where it applies). On CPUs with AVX-512 VNNI the decode path (T <= 8)
+// of int8 and int4 weights (group size 32, 64 or a multiple of 128) rounds
+// each token's activations to integers per block and sums the integer
+// products exactly (int32) before scaling:
+//  - int8 weights: 16-bit activations, step max|x| / 32512 over blocks of 16
+//    inputs; about 2-3e-5 relative L2 error on Gaussian activations;
+//  - int4 weights: 8-bit activations, q = round_to_even(x * (127 / m)), step
+//    m / 127, where m = max|x| over each block of 8 inputs counted from the
+//    start of the row (inputs past the end count as 0; a block with
+//    m < 1e-30 is all 0); about 3e-3 relative L2, far below the int4 weight
+//    rounding itself (about 1e-1).
+// It is the price of not widening every weight to f32, which bounds the f32
+// path by compute, not memory.
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -61,6 +66,10 @@ inline int64_t Int4NumGroups(int64_t cols, int group_size) {
 // (scratch space is kept per thread and grows only).
 void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
             const float* bias, float* y);
+
+// Whether MatMul rounds the activations (see Numerics) for weights w and T
+// tokens on this machine.
+bool RoundsActivations(const WeightMatrix& w, int64_t T);
 
 // Plain scalar reference of MatMul (double accumulation, no SIMD, one thread).
 void MatMulReference(const float* x, int64_t T, const WeightMatrix& w, const float* bias,

@@ -34,8 +34,8 @@ namespace {
 // (token, chunk). A chunk is the span of inputs that one step of the kernel
 // multiplies: 256 inputs (four 64-byte vectors) for int8 weights, 128 inputs
 // (one 64-byte vector of packed nibbles) for int4. Record layout:
-//   kPlanes planes of one int8 per input (high plane first), laid out to line
-//     up with the weight bytes: int8 in input order; int4 the 64 even inputs,
+//   Planes() planes of one int8 per input (high plane first), laid out to
+//     line up with the weight bytes: int8 in input order; int4 the 64 even inputs,
 //     then the 64 odd ones (low and high nibbles of the weight bytes);
 //   16 int32: per 32-bit lane, -bias * (sum of the q the lane multiplies),
 //     which cancels the bias that makes the weights unsigned for vpdpbusd
@@ -44,18 +44,27 @@ namespace {
 // Lane j of a chunk (the 32-bit lane of vpdpbusd) multiplies one block:
 //   int8: inputs 64k + 4j + i (k, i < 4), 16 inputs;
 //   int4: inputs 8j .. 8j + 7.
-constexpr int kPlanes = 2;
 constexpr int kLanes = 16;
 
+// int8 weights: 16-bit activations as two planes; int4: one 8-bit plane (see
+// matmul_vnni.h).
+template <bool kInt4>
+constexpr int Planes() {
+  return kInt4 ? 1 : 2;
+}
+// The largest |q| of a block (two planes: q = 256 * hi + lo keeps hi in int8).
+template <bool kInt4>
+constexpr float QMax() {
+  return Planes<kInt4>() == 2 ? 32512.0f : 127.0f;
+}
 template <bool kInt4>
 constexpr int64_t PlaneBytes() {
   return kInt4 ? 128 : 256;
 }
 template <bool kInt4>
 constexpr int64_t RecordBytes() {
-  return kPlanes * PlaneBytes<kInt4>() + 64 + 64;
+  return Planes<kInt4>() * PlaneBytes<kInt4>() + 64 + 64;
 }
-constexpr float kQMax = kPlanes == 2 ? 32512.0f : 127.0f;
 
 struct QuantizedX {
   const uint8_t* data = nullptr;  // [T, chunks] records, 64-byte aligned
@@ -79,14 +88,16 @@ uint8_t* Scratch(size_t bytes) {
   return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
 }
 
-// How far ahead of its current position each streamed row is prefetched.
+// How far ahead of its current position each streamed row is prefetched (at
+// least).
 constexpr int64_t kPrefetchBytes = 2048;
 
-// Distance of the software prefetch of each streamed row. A tile's R rows
-// are one contiguous block, so for short rows kPrefetchBytes ahead would land
-// in rows this tile streams already; those prefetch the next tile instead.
+// Distance of the software prefetch of each streamed row: a whole number of
+// tiles. A tile's R rows are one contiguous block, so each row prefetches the
+// same row of a later tile rather than a row this tile streams already.
 inline int64_t PrefetchDistance(int R, int64_t row_bytes) {
-  return R * row_bytes <= 2 * kPrefetchBytes ? R * row_bytes : kPrefetchBytes;
+  const int64_t tile = R * row_bytes;
+  return (kPrefetchBytes + tile - 1) / tile * tile;
 }
 
 }  // namespace
@@ -109,11 +120,11 @@ HWY_INLINE __mmask64 FirstBytes(int64_t n) {
 // Integer dot products of one chunk for one token and one row, exact in
 // int32: sum over the lane's inputs of q16 * w, where the record's init
 // cancels the bias of the unsigned weights.
-template <int kVectors>
+template <bool kInt4, int kVectors = PlaneBytes<kInt4>() / 64>
 HWY_INLINE __m512i ChunkDot(const __m512i (&w)[kVectors], const uint8_t* rec) {
-  constexpr int64_t kPlaneBytes = 64 * kVectors;
-  const __m512i init = _mm512_load_si512(rec + kPlanes * kPlaneBytes);
-  if constexpr (kPlanes == 2) {
+  constexpr int64_t kPlaneBytes = PlaneBytes<kInt4>();
+  const __m512i init = _mm512_load_si512(rec + Planes<kInt4>() * kPlaneBytes);
+  if constexpr (Planes<kInt4>() == 2) {
     __m512i hi = _mm512_setzero_si512();
     __m512i lo = init;
     for (int k = 0; k < kVectors; ++k) {
@@ -132,7 +143,7 @@ HWY_INLINE __m512i ChunkDot(const __m512i (&w)[kVectors], const uint8_t* rec) {
 
 template <bool kInt4>
 HWY_INLINE __m512 RecordScale(const uint8_t* rec) {
-  return _mm512_load_ps(rec + kPlanes * PlaneBytes<kInt4>() + 64);
+  return _mm512_load_ps(rec + Planes<kInt4>() * PlaneBytes<kInt4>() + 64);
 }
 
 // The first n lanes of 16 (n may be out of [0, 16]).
@@ -183,9 +194,9 @@ HWY_INLINE __m512i GroupSum(__m512i v) {
   return v;
 }
 
-// Quantizes 16-bit values q = round(v * inv) of kN vectors; planes[p][m] is
-// plane p (high, then low) of vector m.
-template <int kN>
+// Quantizes q = round(v * inv) of kN vectors; planes[p][m] is plane p (high,
+// then low) of vector m.
+template <int kPlanes, int kN>
 HWY_INLINE void SplitPlanes(const __m512 (&v)[kN], const __m512 (&inv)[kN], __m512i (&q16)[kN],
                             __m512i (&planes)[kPlanes][kN]) {
   for (int m = 0; m < kN; ++m) {
@@ -206,14 +217,16 @@ HWY_INLINE void SplitPlanes(const __m512 (&v)[kN], const __m512 (&inv)[kN], __m5
 // (its contribution is far below f32 resolution; avoids an infinite inverse).
 constexpr float kTinyBlock = 1e-30f;
 
+template <bool kInt4>
 HWY_INLINE __m512 InverseStep(__m512 amax) {
   const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(kTinyBlock), _CMP_GE_OQ);
-  return _mm512_maskz_div_ps(live, _mm512_set1_ps(kQMax), amax);
+  return _mm512_maskz_div_ps(live, _mm512_set1_ps(QMax<kInt4>()), amax);
 }
 
+template <bool kInt4>
 HWY_INLINE __m512 Step(__m512 amax) {
   const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(kTinyBlock), _CMP_GE_OQ);
-  return _mm512_maskz_div_ps(live, amax, _mm512_set1_ps(kQMax));
+  return _mm512_maskz_div_ps(live, amax, _mm512_set1_ps(QMax<kInt4>()));
 }
 
 // One int8-weight chunk: x[0, n) of the chunk's 256 inputs (zero past n).
@@ -230,9 +243,10 @@ HWY_INLINE void QuantizeChunkI8(const float* x, int64_t n, uint8_t* rec) {
     amax[q] = GroupMax<4>(a);
     amax_bits[q] = _mm512_castps_si512(amax[q]);
   }
-  for (int m = 0; m < 16; ++m) inv[m] = InverseStep(amax[m % 4]);
+  constexpr int kPlanes = Planes<false>();
+  for (int m = 0; m < 16; ++m) inv[m] = InverseStep<false>(amax[m % 4]);
   __m512i q16[16], planes[kPlanes][16];
-  SplitPlanes<16>(v, inv, q16, planes);
+  SplitPlanes<kPlanes, 16>(v, inv, q16, planes);
   for (int p = 0; p < kPlanes; ++p) {
     for (int m = 0; m < 16; ++m) {
       _mm_store_si128(reinterpret_cast<__m128i*>(rec + p * PlaneBytes<false>() + 16 * m),
@@ -248,7 +262,7 @@ HWY_INLINE void QuantizeChunkI8(const float* x, int64_t n, uint8_t* rec) {
   _mm512_store_si512(rec + kPlanes * PlaneBytes<false>(),
                      _mm512_mullo_epi32(PickEvery4th(sums), _mm512_set1_epi32(-128)));
   _mm512_store_ps(rec + kPlanes * PlaneBytes<false>() + 64,
-                  Step(_mm512_castsi512_ps(PickEvery4th(amax_bits))));
+                  Step<false>(_mm512_castsi512_ps(PickEvery4th(amax_bits))));
 }
 
 // One int4-weight chunk: x[0, n) of the chunk's 128 inputs (zero past n).
@@ -261,9 +275,10 @@ HWY_INLINE void QuantizeChunkI4(const float* x, int64_t n, uint8_t* rec) {
     amax_bits[m] = _mm512_castps_si512(amax[m]);
   }
   __m512 inv[8];
-  for (int m = 0; m < 8; ++m) inv[m] = InverseStep(amax[m]);
+  constexpr int kPlanes = Planes<true>();
+  for (int m = 0; m < 8; ++m) inv[m] = InverseStep<true>(amax[m]);
   __m512i q16[8], planes[kPlanes][8];
-  SplitPlanes<8>(v, inv, q16, planes);
+  SplitPlanes<kPlanes, 8>(v, inv, q16, planes);
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
   for (int p = 0; p < kPlanes; ++p) {
@@ -282,7 +297,7 @@ HWY_INLINE void QuantizeChunkI4(const float* x, int64_t n, uint8_t* rec) {
   _mm512_store_si512(rec + kPlanes * PlaneBytes<true>(),
                      _mm512_mullo_epi32(PickEvery8th(sums), _mm512_set1_epi32(-8)));
   _mm512_store_ps(rec + kPlanes * PlaneBytes<true>() + 64,
-                  Step(_mm512_castsi512_ps(PickEvery8th(amax_bits))));
+                  Step<true>(_mm512_castsi512_ps(PickEvery8th(amax_bits))));
 }
 
 // Quantizes x [T, cols] into records [T, chunks].
@@ -323,23 +338,22 @@ HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols
       wv[k] = _mm512_xor_si512(wv[k], flip);
     }
     for (int t = 0; t < TT; ++t) {
-      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<4>(wv, recs[t])),
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<false>(wv, recs[t])),
                                   RecordScale<false>(recs[t]), acc[r][t]);
     }
   }
 }
 
-// y[t0 + t][r0 + r] for r < R, t < TT, int8 weights: R rows streamed once
-// against TT tokens.
+// acc[r][t]: 16 lanes whose sum is row r0 + r times token t0 + t before the
+// row scale, int8 weights: R rows streamed once against TT tokens.
 template <int R, int TT>
-HWY_NOINLINE void TileI8(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
-                         const float* bias, float* y, int64_t ldy) {
+HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
+                             __m512 (&acc)[R][TT]) {
   const int64_t cols = w.cols;
   const uint8_t* rows[R];
   for (int r = 0; r < R; ++r) rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * cols;
   const uint8_t* recs[TT];
   for (int t = 0; t < TT; ++t) recs[t] = qx.Record(t0 + t, 0);
-  __m512 acc[R][TT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
   const int64_t full = cols / 256;
@@ -348,18 +362,10 @@ HWY_NOINLINE void TileI8(const WeightMatrix& w, int64_t r0, const QuantizedX& qx
     for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<false>();
   }
   if (full < qx.chunks) StepI8<R, TT, true>(rows, full * 256, cols, recs, acc);
-  for (int r = 0; r < R; ++r) {
-    const float scale = w.scales[r0 + r];
-    for (int t = 0; t < TT; ++t) {
-      float s = _mm512_reduce_add_ps(acc[r][t]) * scale;
-      if (bias != nullptr) s += bias[r0 + r];
-      y[(t0 + t) * ldy + r0 + r] = s;
-    }
-  }
 }
 
 // Group scales of the 16 lanes of int4 chunk c (lane j: inputs 128c + 8j ..
-// + 7) of a row; kGroup 0 means a multiple of 128. kMasked: the chunk is the
+// + 7) of a row; kGroup 0 means another multiple of 128. kMasked: the chunk is the
 // last, partial one (fewer groups may remain).
 template <int kGroup, bool kMasked>
 HWY_INLINE __m512 LaneScales(const float* scales, int64_t num_groups, int64_t c, int group_size) {
@@ -380,6 +386,10 @@ HWY_INLINE __m512 LaneScales(const float* scales, int64_t num_groups, int64_t c,
                             ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
                             : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+  } else if constexpr (kGroup == 128) {
+    (void)num_groups;
+    (void)group_size;
+    return _mm512_set1_ps(scales[c]);
   } else {
     (void)num_groups;
     return _mm512_set1_ps(scales[c * 128 / group_size]);
@@ -412,17 +422,18 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
         _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 4), low4, eight, 0x6A)};
     const __m512 ws = LaneScales<kGroup, kMasked>(scales[r], num_groups, c, group_size);
     for (int t = 0; t < TT; ++t) {
-      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<2>(wv, recs[t])),
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<true>(wv, recs[t])),
                                   _mm512_mul_ps(ws, xs[t]), acc[r][t]);
     }
   }
 }
 
-// As TileI8 for int4 weights. A chunk is one FMA per accumulator, so small
-// tiles alternate two sets of accumulators to hide the FMA latency.
+// As AccumulateI8 for int4 weights, scales included. A chunk is one FMA per
+// accumulator, so small tiles alternate two sets of accumulators to hide the
+// FMA latency.
 template <int kGroup, int R, int TT>
-HWY_NOINLINE void TileI4(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
-                         const float* bias, float* y, int64_t ldy) {
+HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
+                             __m512 (&out)[R][TT]) {
   constexpr int kChains = R * TT <= 4 ? 2 : 1;
   const int64_t row_bytes = Int4RowBytes(w.cols);
   const int64_t num_groups = Int4NumGroups(w.cols, w.group_size);
@@ -456,13 +467,85 @@ HWY_NOINLINE void TileI4(const WeightMatrix& w, int64_t r0, const QuantizedX& qx
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < TT; ++t) {
-      __m512 sum = acc[0][r][t];
-      for (int u = 1; u < kChains; ++u) sum = _mm512_add_ps(sum, acc[u][r][t]);
-      float s = _mm512_reduce_add_ps(sum);
-      if (bias != nullptr) s += bias[r0 + r];
-      y[(t0 + t) * ldy + r0 + r] = s;
+      out[r][t] = acc[0][r][t];
+      for (int u = 1; u < kChains; ++u) out[r][t] = _mm512_add_ps(out[r][t], acc[u][r][t]);
     }
   }
+}
+
+template <bool kInt4, int kGroup, int R, int TT>
+HWY_INLINE void Accumulate(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
+                           __m512 (&acc)[R][TT]) {
+  if constexpr (kInt4) {
+    AccumulateI4<kGroup, R, TT>(w, r0, qx, t0, acc);
+  } else {
+    AccumulateI8<R, TT>(w, r0, qx, t0, acc);
+  }
+}
+
+// y[t0 + t][r0 + r] for r < R, t < TT: R rows streamed once against TT
+// tokens. y is [T, w.rows].
+template <bool kInt4, int kGroup, int R, int TT>
+HWY_NOINLINE void Tile(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
+                       const float* bias, float* y) {
+  __m512 acc[R][TT];
+  Accumulate<kInt4, kGroup, R, TT>(w, r0, qx, t0, acc);
+  for (int r = 0; r < R; ++r) {
+    const float scale = kInt4 ? 1.0f : w.scales[r0 + r];
+    for (int t = 0; t < TT; ++t) {
+      float s = _mm512_reduce_add_ps(acc[r][t]) * scale;
+      if (bias != nullptr) s += bias[r0 + r];
+      y[(t0 + t) * w.rows + r0 + r] = s;
+    }
+  }
+}
+
+// Lane j of the result = the sum of the 16 lanes of v[j]: a transpose-and-add
+// tree, 3 instructions per vector instead of a full reduction each.
+HWY_INLINE __m512 SumEach(const __m512 (&v)[16]) {
+  // Halves: lanes of 256-bit half h of w[k] sum to v[2k + h].
+  __m512 w[8];
+  for (int k = 0; k < 8; ++k) {
+    w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Quarters: the lanes of 128-bit quarter q of x[k] sum to v[4k + q].
+  __m512 x[4];
+  for (int k = 0; k < 4; ++k) {
+    x[k] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // Pairs: lanes 2i, 2i + 1 of quarter q of z[k] sum to v[8k + 4i + q].
+  __m512 z[2];
+  for (int k = 0; k < 2; ++k) {
+    z[k] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * k], x[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(x[2 * k], x[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Lane i of quarter q is the sum of v[4i + q].
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // v[j] with j = 4i + q sits at lane 4q + i.
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  return _mm512_permutexvar_ps(order, u);
+}
+
+// y[r0 .. r0 + n) for one token (T = 1), n <= 16: the rows one after another
+// (one sequential stream per thread, as the DRAM prefetchers like best; the
+// token's records stay in L1), their sums reduced together.
+template <bool kInt4, int kGroup>
+HWY_NOINLINE void RowsOneToken(const WeightMatrix& w, int64_t r0, int64_t n, const QuantizedX& qx,
+                               const float* bias, float* y) {
+  __m512 sums[16];
+  for (int64_t j = 0; j < 16; ++j) {
+    __m512 acc[1][1] = {{_mm512_setzero_ps()}};
+    if (j < n) Accumulate<kInt4, kGroup, 1, 1>(w, r0 + j, qx, 0, acc);
+    sums[j] = acc[0][0];
+  }
+  const __mmask16 live = FirstFloats(n);
+  __m512 out = SumEach(sums);
+  if constexpr (!kInt4) out = _mm512_mul_ps(out, _mm512_maskz_loadu_ps(live, w.scales + r0));
+  if (bias != nullptr) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(live, bias + r0));
+  _mm512_mask_storeu_ps(y + r0, live, out);
 }
 
 }  // namespace
@@ -471,54 +554,34 @@ HWY_DIAGNOSTICS(pop)
 
 namespace {
 
-// Tile shapes: R rows streamed together against up to MaxTokens(R) tokens,
-// R * TT float accumulators plus the weight vectors within the 32 registers.
-// One int8 token streams one row at a time (measured best from DRAM, as for
-// bf16: one long sequential stream per thread; its activations stay in L1).
-// Otherwise 4 rows share each load of the quantized activations, which
-// would bound the kernel (int4: 3 B of records per 0.5 B of weights; int8
-// with several tokens: records past L1 for long rows).
-template <bool kInt4>
-constexpr int RowsPerTile(int64_t T) {
-  return !kInt4 && T == 1 ? 1 : 4;
-}
-constexpr int MaxTokens(int R) { return R == 1 ? 8 : 4; }
+// Tiles for T >= 2: 4 rows share each load of the quantized activations
+// against up to 4 tokens at a time (R * TT accumulators plus the weight
+// vectors within the 32 registers); later passes over more tokens find the
+// tile's rows in cache. One token takes RowsOneToken instead.
+constexpr int kTileRows = 4;
+constexpr int kTileTokens = 4;
 
-template <bool kInt4, int R, int TT>
-void Tile(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0, const float* bias,
-          float* y) {
-  if constexpr (!kInt4) {
-    return TileI8<R, TT>(w, r0, qx, t0, bias, y, w.rows);
-  } else {
-    switch (w.group_size) {
-      case 32:
-        return TileI4<32, R, TT>(w, r0, qx, t0, bias, y, w.rows);
-      case 64:
-        return TileI4<64, R, TT>(w, r0, qx, t0, bias, y, w.rows);
-      default:
-        return TileI4<0, R, TT>(w, r0, qx, t0, bias, y, w.rows);
-    }
-  }
-}
-
-// Tokens t0 .. T - 1 in passes of at most kMaxTokens; later passes find the
-// tile's rows in cache.
-template <bool kInt4, int R, int TT = MaxTokens(R)>
-void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0, int64_t T,
+template <bool kInt4, int kGroup, int R>
+void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t T,
                 const float* bias, float* y) {
-  if constexpr (TT > 0) {
-    while (T - t0 >= TT) {
-      Tile<kInt4, R, TT>(w, r0, qx, t0, bias, y);
-      t0 += TT;
-    }
-    if (t0 < T) TileTokens<kInt4, R, TT - 1>(w, r0, qx, t0, T, bias, y);
+  static_assert(kTileTokens == 4);
+  int64_t t0 = 0;
+  for (; T - t0 >= 4; t0 += 4) Tile<kInt4, kGroup, R, 4>(w, r0, qx, t0, bias, y);
+  switch (T - t0) {
+    case 1:
+      return Tile<kInt4, kGroup, R, 1>(w, r0, qx, t0, bias, y);
+    case 2:
+      return Tile<kInt4, kGroup, R, 2>(w, r0, qx, t0, bias, y);
+    case 3:
+      return Tile<kInt4, kGroup, R, 3>(w, r0, qx, t0, bias, y);
   }
 }
 
-template <bool kInt4, int kRows>
+template <bool kInt4, int kGroup>
 void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMatrix& w,
               const float* bias, float* y) {
-  const int64_t num_blocks = (w.rows + kRows - 1) / kRows;
+  const int64_t rows_per_block = T == 1 ? 16 : kTileRows;
+  const int64_t num_blocks = (w.rows + rows_per_block - 1) / rows_per_block;
   // Several ranges per thread, handed out dynamically: a thread that the OS
   // delays does not hold the others back.
   const int64_t grain = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
@@ -526,11 +589,14 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMat
       num_blocks,
       [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * kRows;
-          if (r0 + kRows <= w.rows) {
-            TileTokens<kInt4, kRows>(w, r0, qx, 0, T, bias, y);
+          const int64_t r0 = b * rows_per_block;
+          const int64_t n = std::min(rows_per_block, w.rows - r0);
+          if (T == 1) {
+            RowsOneToken<kInt4, kGroup>(w, r0, n, qx, bias, y);
+          } else if (n == kTileRows) {
+            TileTokens<kInt4, kGroup, kTileRows>(w, r0, qx, T, bias, y);
           } else {
-            for (int64_t r = r0; r < w.rows; ++r) TileTokens<kInt4, 1>(w, r, qx, 0, T, bias, y);
+            for (int64_t r = r0; r < r0 + n; ++r) TileTokens<kInt4, kGroup, 1>(w, r, qx, T, bias, y);
           }
         }
       },
@@ -546,10 +612,16 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
   uint8_t* records = Scratch(static_cast<size_t>(T * qx.chunks * qx.record_bytes));
   QuantizeActivations<kInt4>(x, T, w.cols, qx.chunks, records);
   qx.data = records;
-  if (RowsPerTile<kInt4>(T) == 1) {
-    RunTiles<kInt4, 1>(pool, qx, T, w, bias, y);
-  } else {
-    RunTiles<kInt4, 4>(pool, qx, T, w, bias, y);
+  if constexpr (!kInt4) return RunTiles<false, 0>(pool, qx, T, w, bias, y);
+  switch (w.group_size) {
+    case 32:
+      return RunTiles<true, 32>(pool, qx, T, w, bias, y);
+    case 64:
+      return RunTiles<true, 64>(pool, qx, T, w, bias, y);
+    case 128:
+      return RunTiles<true, 128>(pool, qx, T, w, bias, y);
+    default:
+      return RunTiles<true, 0>(pool, qx, T, w, bias, y);
   }
 }
 

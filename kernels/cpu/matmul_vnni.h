@@ -6,13 +6,16 @@
 // integers (vpdpbusd: 64 u8 x s8 products per instruction).
 //
 // Numerics (the contract MatMul documents): each token's activations are
-// quantized per block of 16 (int8 weights) or 8 (int4 weights) inputs to
-// 16-bit integers, q = round(x / d) with d = max |x| over the block / 32512,
-// carried as two int8 planes (q = 256 * hi + lo); integer sums are exact, so
-// the only error against MatMulReference is that rounding: about 2-3e-5
-// relative L2 on Gaussian inputs. (One 8-bit plane would halve the integer
-// work but cost about 5e-3, far above the 1e-4 that the quantized-model
-// checks against a reference on the same weights allow.)
+// rounded per block of inputs to integers and the integer sums are exact, so
+// the only error against MatMulReference is that rounding.
+//  - int8 weights: 16-bit q per block of 16, q = round(x / d) with d = max |x|
+//    over the block / 32512, carried as two int8 planes (q = 256 * hi + lo):
+//    about 2-3e-5 relative L2 on Gaussian inputs.
+//  - int4 weights: 8-bit q per block of 8, d = max |x| / 127: one plane, half
+//    the integer work, about 3e-3 relative L2, far below the error of the
+//    int4 weights themselves (about 1e-1). One plane is what lets the int4
+//    kernel, which does twice the integer work per weight byte of int8, keep
+//    up with DRAM on few cores.
 #include <cstdint>
 
 #include "kernels/cpu/matmul.h"

@@ -78,35 +78,50 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 }
 }  // namespace
 
-double MeasureMemoryBandwidthGBps(ThreadPool& pool) {
-  constexpr int64_t kBytes = int64_t{256} << 20;
-  constexpr int64_t kFloats = kBytes / 4;
-  AlignedBuffer buffer(static_cast<size_t>(kBytes));
-  float* data = buffer.As<float>();
+namespace {
+constexpr int64_t kProbeBytes = int64_t{256} << 20;
+constexpr int64_t kProbeFloats = kProbeBytes / 4;
+// 1 MiB chunks handed out dynamically, so a thread the OS delays does not
+// stall the others.
+constexpr int64_t kProbeChunk = int64_t{1} << 18;
+}  // namespace
+
+BandwidthProbe::BandwidthProbe(ThreadPool& pool)
+    : pool_(pool),
+      buffer_(static_cast<size_t>(kProbeBytes)),
+      sink_(static_cast<size_t>(kProbeFloats / kProbeChunk + 1)) {
+  float* data = buffer_.As<float>();
   // First touch from the threads that read later (NUMA placement).
-  pool.ParallelForStatic(kFloats, [&](int, int64_t b, int64_t e) {
+  pool_.ParallelForStatic(kProbeFloats, [&](int, int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) data[i] = static_cast<float>(i & 7);
   });
-  // 1 MiB chunks handed out dynamically, so a thread the OS delays does not
-  // stall the others; best of several passes.
-  constexpr int64_t kChunk = int64_t{1} << 18;
-  std::vector<float> sink(kFloats / kChunk + 1);
-  double best = 0.0;
-  for (int rep = 0; rep < 10; ++rep) {
-    const auto start = std::chrono::steady_clock::now();
-    pool.ParallelFor(
-        kFloats,
-        [&](int64_t b, int64_t e) {
-          sink[static_cast<size_t>(b / kChunk)] += HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + b, e - b);
-        },
-        kChunk);
-    const double s = Seconds(start, std::chrono::steady_clock::now());
-    if (rep > 0) best = std::max(best, static_cast<double>(kBytes) / s / 1e9);  // rep 0 warms up
-  }
-  volatile float keep = sink[0];
+}
+
+double BandwidthProbe::Pass() {
+  const float* data = buffer_.As<float>();
+  const auto start = std::chrono::steady_clock::now();
+  pool_.ParallelFor(
+      kProbeFloats,
+      [&](int64_t b, int64_t e) {
+        sink_[static_cast<size_t>(b / kProbeChunk)] +=
+            HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + b, e - b);
+      },
+      kProbeChunk);
+  const double s = Seconds(start, std::chrono::steady_clock::now());
+  volatile float keep = sink_[0];
   (void)keep;
+  return static_cast<double>(kProbeBytes) / s / 1e9;
+}
+
+double BandwidthProbe::Measure(int passes) {
+  CHECK(passes >= 1);
+  Pass();  // wakes the pool's threads and brings the page tables back
+  double best = 0.0;
+  for (int i = 0; i < passes; ++i) best = std::max(best, Pass());
   return best;
 }
+
+double MeasureMemoryBandwidthGBps(ThreadPool& pool) { return BandwidthProbe(pool).Measure(9); }
 
 double MeasurePeakGflops(ThreadPool& pool) {
   constexpr int64_t kIters = 2'000'000;

@@ -175,9 +175,37 @@ def rope(x, positions, inv_freq):
     return x * cos + rotated * sin
 
 
-def forward(cfg, w, tokens):
-    """Returns logits [T, vocab] in float64 for the whole token list."""
+def rounded_as_int4_decode(h):
+    """h [T, cols] rounded as tandem's int4 decode path rounds activations on
+    AVX-512 VNNI CPUs (its documented numerics, kernels/cpu/matmul.h): in f32,
+    per block of 8 inputs from the start of each row, q = round_to_even(x *
+    (127 / m)) and value q * (m / 127), m = the block's largest |x| (a block
+    with m < 1e-30 becomes 0)."""
+    T, cols = h.shape
+    x = np.pad(h.astype(np.float32), ((0, 0), (0, (-cols) % 8))).reshape(T, -1, 8)
+    m = np.abs(x).max(axis=2, keepdims=True)
+    live = m >= np.float32(1e-30)
+    safe = np.where(live, m, np.float32(1))
+    inverse = np.where(live, np.float32(127) / safe, np.float32(0)).astype(np.float32)
+    step = np.where(live, safe / np.float32(127), np.float32(0)).astype(np.float32)
+    q = np.rint((x * inverse).astype(np.float32))
+    return (q.astype(np.float64) * step.astype(np.float64)).reshape(T, -1)[:, :cols]
+
+
+def forward(cfg, w, tokens, int4_decode_rounding=False):
+    """Returns logits [T, vocab] in float64 for the whole token list.
+
+    int4_decode_rounding: round the inputs of the products that tandem runs on
+    at most 8 tokens as its int4 decode path does (rounded_as_int4_decode):
+    every layer's when the whole prompt has at most 8 tokens, and always the
+    lm_head's, which tandem applies to one position at a time."""
     T = len(tokens)
+
+    def product(a, name, tokens_at_once=T):
+        if int4_decode_rounding and tokens_at_once <= 8:
+            a = rounded_as_int4_decode(a)
+        return a @ w[name].T
+
     pos = np.arange(T)
     inv_freq = inverse_frequencies(cfg)
     x = w["model.embed_tokens.weight"][np.array(tokens)]
@@ -186,9 +214,9 @@ def forward(cfg, w, tokens):
     for i in range(cfg.layers):
         p = f"model.layers.{i}."
         h = rms_norm(x, w[p + "input_layernorm.weight"], cfg.eps)
-        q = h @ w[p + "self_attn.q_proj.weight"].T
-        k = h @ w[p + "self_attn.k_proj.weight"].T
-        v = h @ w[p + "self_attn.v_proj.weight"].T
+        q = product(h, p + "self_attn.q_proj.weight")
+        k = product(h, p + "self_attn.k_proj.weight")
+        v = product(h, p + "self_attn.v_proj.weight")
         if p + "self_attn.q_proj.bias" in w:
             q = q + w[p + "self_attn.q_proj.bias"]
             k = k + w[p + "self_attn.k_proj.bias"]
@@ -204,16 +232,16 @@ def forward(cfg, w, tokens):
             probs = np.exp(scores)
             probs /= probs.sum(axis=-1, keepdims=True)
             attn[:, hd, :] = probs @ v[:, kh, :]
-        x = x + attn.reshape(T, -1) @ w[p + "self_attn.o_proj.weight"].T
+        x = x + product(attn.reshape(T, -1), p + "self_attn.o_proj.weight")
         h = rms_norm(x, w[p + "post_attention_layernorm.weight"], cfg.eps)
-        gate = h @ w[p + "mlp.gate_proj.weight"].T
-        up = h @ w[p + "mlp.up_proj.weight"].T
+        gate = product(h, p + "mlp.gate_proj.weight")
+        up = product(h, p + "mlp.up_proj.weight")
         act = gate / (1.0 + np.exp(-gate)) * up
-        x = x + act @ w[p + "mlp.down_proj.weight"].T
+        x = x + product(act, p + "mlp.down_proj.weight")
     x = rms_norm(x, w["model.norm.weight"], cfg.eps)
-    head = w["model.embed_tokens.weight"] if cfg.tied or "lm_head.weight" not in w \
-        else w["lm_head.weight"]
-    return x @ head.T
+    head = "model.embed_tokens.weight" if cfg.tied or "lm_head.weight" not in w \
+        else "lm_head.weight"
+    return product(x, head, tokens_at_once=1)
 
 
 def main():
