@@ -20,6 +20,7 @@
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/roofline.h"
 #include "kernels/cpu/thread_pool.h"
 #include "nlohmann/json.hpp"
@@ -36,6 +37,7 @@ struct KernelsFlags {
   std::string prefill_dtypes = "bf16,i8,i4g32";
   double min_seconds = 0.5;  // per measurement
   int rounds = 8;            // decode rounds per shape and dtype
+  int attention_context = 1024;  // cached positions of the decode attention (0 = skip)
   bool json = false;
 };
 
@@ -148,6 +150,62 @@ std::pair<double, double> TimeCalls(double min_seconds, Fn&& fn) {
   }
   std::sort(times.begin(), times.end());
   return {times.front(), times[times.size() / 2]};
+}
+
+// Decode attention: one new token of one sequence over `attention_context`
+// cached positions, Llama-3.2-1B heads (32 query heads, 8 kv heads of 64), in
+// 16 layers' caches used in turn (far beyond the last-level cache, as in a
+// model); GB/s of keys and values read, paired with the bandwidth as decode.
+void RunAttention(const KernelsFlags& f, cpu::ThreadPool& pool, cpu::BandwidthProbe& probe,
+                  nlohmann::json& out) {
+  constexpr int kLayers = 16, kHeads = 32, kKvHeads = 8, kHeadDim = 64, kBlock = 16;
+  const int64_t context = f.attention_context;
+  const int64_t blocks = (context + kBlock - 1) / kBlock;
+  const int64_t row = int64_t{kKvHeads} * kHeadDim;
+  std::vector<AlignedBuffer> k, v;
+  for (int l = 0; l < kLayers; ++l) {
+    for (auto* cache : {&k, &v}) {
+      cache->emplace_back(static_cast<size_t>(blocks * kBlock * row) * sizeof(float));
+      float* p = cache->back().As<float>();
+      for (int64_t i = 0; i < blocks * kBlock * row; ++i) p[i] = 0.01f * static_cast<float>(i % 97);
+    }
+  }
+  std::vector<int32_t> table(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) table[static_cast<size_t>(b)] = static_cast<int32_t>(b);
+  std::vector<float> q(kHeads * kHeadDim, 0.1f), o(kHeads * kHeadDim);
+  const cpu::AttentionSequence seq{
+      .q_begin = 0, .q_len = 1, .context_len = context, .block_table = table.data()};
+  auto attend = [&](int layer) {
+    const cpu::PagedKv cache{.k = k[static_cast<size_t>(layer)].As<float>(),
+                             .v = v[static_cast<size_t>(layer)].As<float>(),
+                             .num_blocks = blocks, .block_size = kBlock,
+                             .num_kv_heads = kKvHeads, .head_dim = kHeadDim};
+    cpu::PagedAttention(pool, q.data(), cache, {&seq, 1}, kHeads, 0.125f, o.data());
+  };
+  const double bytes = 2.0 * static_cast<double>(context * row) * sizeof(float);  // one layer
+  attend(0);
+  std::vector<double> fractions, call_s;
+  for (int r = 0; r < f.rounds; ++r) {
+    const double round_bandwidth = probe.Measure(2);
+    double round_s = 0;
+    for (int l = 0; l < kLayers; ++l) {
+      const auto start = std::chrono::steady_clock::now();
+      attend(l);
+      call_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      round_s += call_s.back();
+    }
+    fractions.push_back(bytes * kLayers / round_s / 1e9 / round_bandwidth);
+  }
+  const double gbps = bytes / bench::Median(call_s) / 1e9;
+  const double fraction = bench::Median(fractions);
+  out["attention"] = {{"context", context}, {"median_us", bench::Median(call_s) * 1e6},
+                      {"median_gbps", gbps}, {"fraction_of_roofline", fraction}};
+  if (!f.json) {
+    std::printf("\ndecode attention, one token over %lld positions (32 heads, 8 kv heads of 64)\n",
+                static_cast<long long>(context));
+    std::printf("median %.1f us per layer, %.1f GB/s of keys and values, %.1f%% roof\n",
+                bench::Median(call_s) * 1e6, gbps, 100.0 * fraction);
+  }
 }
 
 int RunKernels(const KernelsFlags& f) {
@@ -264,6 +322,7 @@ int RunKernels(const KernelsFlags& f) {
       }
     }
   }
+  if (f.attention_context > 0) RunAttention(f, pool, probe, out);
   if (f.json) std::printf("%s\n", out.dump().c_str());
   return 0;
 }
@@ -283,6 +342,9 @@ std::function<int()> SetupKernels(CLI::App& sub) {
       ->capture_default_str();
   sub.add_option("--min-seconds", flags->min_seconds,
                  "time spent per cached-decode and prefill measurement")
+      ->capture_default_str();
+  sub.add_option("--attention-context", flags->attention_context,
+                 "cached positions of the decode-attention measurement (0 = skip)")
       ->capture_default_str();
   sub.add_option("--rounds", flags->rounds,
                  "decode rounds per shape and dtype, each after a bandwidth measurement")

@@ -90,7 +90,7 @@ uint8_t* Scratch(size_t bytes) {
 
 // How far ahead of its current position each streamed row is prefetched (at
 // least).
-constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kPrefetchBytes = 4096;
 
 // Distance of the software prefetch of each streamed row: a whole number of
 // tiles. A tile's R rows are one contiguous block, so each row prefetches the

@@ -15,6 +15,7 @@
 #define HWY_TARGET_INCLUDE "kernels/cpu/paged_attention.cc"
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "kernels/cpu/vector_math-inl.h"
 
@@ -23,6 +24,10 @@
 namespace tandem::cpu::attention_internal {
 
 inline constexpr int64_t kQueryTile = 8;
+// Positions ahead of the current one whose key (value) row is prefetched: an
+// item's rows are one head's slice of each position, kv_heads * head_dim
+// floats apart, a stride the hardware prefetchers follow too late.
+inline constexpr int64_t kPrefetchPositions = 8;
 
 // Start of the key (or value) row of `pos` for kv head `kvh`.
 inline int64_t RowOffset(const PagedKv& c, const AttentionSequence& s, int64_t pos, int kvh) {
@@ -83,6 +88,13 @@ struct WorkItem {
   int64_t tile_begin;  // first new token of the tile, relative to the sequence
 };
 
+// Prefetches the row of `pos` in `rows` (cache.k or cache.v) for kv head kvh.
+HWY_INLINE void PrefetchRow(const float* rows, const PagedKv& cache, const AttentionSequence& s,
+                            int64_t pos, int kvh) {
+  const float* row = rows + RowOffset(cache, s, pos, kvh);
+  for (int64_t i = 0; i < cache.head_dim; i += 16) hwy::Prefetch(row + i);
+}
+
 void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s, int kvh,
                 int64_t tile_begin, int num_heads, float scale, float* out) {
   const DF df;
@@ -108,6 +120,7 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
 
   // Pass 1: scores, each key row read once for the whole item.
   for (int64_t j = 0; j < span; ++j) {
+    if (j + kPrefetchPositions < span) PrefetchRow(cache.k, cache, s, j + kPrefetchPositions, kvh);
     const float* k = cache.k + RowOffset(cache, s, j, kvh);
     const int64_t t_start = std::max<int64_t>(0, j - first_pos);  // causal: tokens at pos >= j
     for (int64_t t = t_start; t < tile; ++t) {
@@ -130,6 +143,7 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
   // Pass 2: weighted sum of values, each value row read once.
   std::fill(acc, acc + rows * hd, 0.0f);
   for (int64_t j = 0; j < span; ++j) {
+    if (j + kPrefetchPositions < span) PrefetchRow(cache.v, cache, s, j + kPrefetchPositions, kvh);
     const float* v = cache.v + RowOffset(cache, s, j, kvh);
     const int64_t t_start = std::max<int64_t>(0, j - first_pos);
     for (int64_t t = t_start; t < tile; ++t) {
