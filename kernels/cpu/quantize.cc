@@ -10,10 +10,18 @@
 namespace tandem::cpu {
 namespace {
 
-// round-half-away-from-zero, then clamp.
-int QuantizeValue(float v, float inv_scale, int lo, int hi) {
-  long q = std::lround(static_cast<double>(v) * inv_scale);
-  return static_cast<int>(std::clamp<long>(q, lo, hi));
+// clamp(round_half_away_from_zero(v * inv_scale), lo, hi), the product in
+// double with inv_scale rounded to f32 (the documented format). Truncating
+// |t| + 0.5 equals lround(t) here (the sum is exact except where it reaches a
+// power of two, whose floor is lround's result too), and branch-free integer
+// code keeps this off the load time of a quantized model (lround is a library
+// call per weight). NaN or huge values end up clamped, never undefined.
+inline int QuantizeValue(float v, float inv_scale, int lo, int hi) {
+  const double t = static_cast<double>(v) * inv_scale;
+  double a = std::fabs(t) + 0.5;
+  a = a < 1024.0 ? a : 1024.0;
+  const int m = static_cast<int>(a);
+  return std::clamp(t < 0 ? -m : m, lo, hi);
 }
 
 float AbsMax(const float* v, int64_t n) {
@@ -59,7 +67,17 @@ void QuantizeInt4Grouped(const float* w, int64_t rows, int64_t cols, int group_s
       scales[r * groups + g] = scale;
       if (scale == 0.0f) continue;
       const double inv = 1.0 / static_cast<double>(scale);
-      for (int64_t c = c0; c < c1; ++c) {
+      int64_t c = c0;
+      if (c % 2 == 1) {
+        Int4Set(dst, static_cast<size_t>(c), static_cast<int8_t>(QuantizeValue(src[c], inv, -8, 7)));
+        ++c;
+      }
+      for (; c + 1 < c1; c += 2) {  // whole bytes: element c low nibble, c + 1 high
+        const int lo = QuantizeValue(src[c], inv, -8, 7);
+        const int hi = QuantizeValue(src[c + 1], inv, -8, 7);
+        dst[c / 2] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+      }
+      if (c < c1) {
         Int4Set(dst, static_cast<size_t>(c), static_cast<int8_t>(QuantizeValue(src[c], inv, -8, 7)));
       }
     }
