@@ -1,8 +1,11 @@
 // Paged attention with grouped-query heads for a mixed prefill/decode batch.
 // Work is split into items (sequence, kv head, tile of up to kQueryTile new
-// tokens); an item reads each cached key/value row once for all the query
-// heads sharing that kv head and all tokens of its tile. Scores are kept per
-// item (two-pass softmax), everything in f32. Compiled once per SIMD target.
+// tokens); an item reads each cached key/value block once for all the query
+// heads sharing that kv head and all tokens of its tile. Keys are stored
+// transposed per block (paged_attention.h), so the scores of a block come out
+// as whole vectors of positions without horizontal sums, and values are
+// summed in registers. Scores are kept per item (two-pass softmax),
+// everything in f32. Compiled once per SIMD target.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -24,16 +27,23 @@
 namespace tandem::cpu::attention_internal {
 
 inline constexpr int64_t kQueryTile = 8;
-// Positions ahead of the current one whose key (value) row is prefetched: an
-// item's rows are one head's slice of each position, kv_heads * head_dim
-// floats apart, a stride the hardware prefetchers follow too late.
-inline constexpr int64_t kPrefetchPositions = 8;
+// Start of the tile of (block, kv head) in cache.k or cache.v: keys
+// [head_dim][block_size], values [block_size][head_dim].
+inline int64_t TileOffset(const PagedKv& c, int64_t block, int kvh) {
+  return (block * c.num_kv_heads + kvh) * int64_t{c.block_size} * c.head_dim;
+}
 
-// Start of the key (or value) row of `pos` for kv head `kvh`.
-inline int64_t RowOffset(const PagedKv& c, const AttentionSequence& s, int64_t pos, int kvh) {
-  const int64_t block = s.block_table[pos / c.block_size];
-  const int64_t slot = pos % c.block_size;
-  return ((block * c.block_size + slot) * c.num_kv_heads + kvh) * c.head_dim;
+// Where dimension d of the key of `pos` (kv head kvh) is stored in cache.k.
+inline int64_t KeyIndex(const PagedKv& c, const AttentionSequence& s, int64_t pos, int kvh,
+                        int d) {
+  return TileOffset(c, s.block_table[pos / c.block_size], kvh) +
+         int64_t{d} * c.block_size + pos % c.block_size;
+}
+
+// Start of the value row of `pos` (kv head kvh) in cache.v.
+inline int64_t ValueRow(const PagedKv& c, const AttentionSequence& s, int64_t pos, int kvh) {
+  return TileOffset(c, s.block_table[pos / c.block_size], kvh) +
+         (pos % c.block_size) * int64_t{c.head_dim};
 }
 
 inline void CheckSequence(const PagedKv& c, const AttentionSequence& s) {
@@ -58,106 +68,171 @@ using namespace attention_internal;  // NOLINT(build/namespaces)
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-HWY_INLINE float Dot(DF df, const float* a, const float* b, int64_t n) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
-    acc1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), acc1);
-  }
-  for (; i + N <= n; i += N) acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
-  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// y += a * x over n elements.
-HWY_INLINE void Axpy(DF df, float a, const float* x, float* y, int64_t n) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const VF va = hn::Set(df, a);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(va, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
-
 struct WorkItem {
   int32_t seq;
   int32_t kv_head;
   int64_t tile_begin;  // first new token of the tile, relative to the sequence
 };
 
-// Prefetches the row of `pos` in `rows` (cache.k or cache.v) for kv head kvh.
-HWY_INLINE void PrefetchRow(const float* rows, const PagedKv& cache, const AttentionSequence& s,
-                            int64_t pos, int kvh) {
-  const float* row = rows + RowOffset(cache, s, pos, kvh);
-  for (int64_t i = 0; i < cache.head_dim; i += 16) hwy::Prefetch(row + i);
+// Query vectors scored or summed together: each load of a key or value vector
+// serves this many of them.
+constexpr int kRowBatch = 4;
+
+// Scores of block b's positions for query rows [r0, r0 + R): scores[r][j] =
+// scale * q_r · key_j, for every slot of the block (slots past the sequence's
+// end produce values nobody reads). kt: the key tile [hd][bs]; bs % N == 0.
+template <int R>
+HWY_INLINE void ScoreBlock(DF df, const float* const* q_rows, const float* kt, int hd, int bs,
+                           float scale, float* const* score_rows) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t c = 0; c < bs; c += N) {
+    VF acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = hn::Zero(df);
+    for (int d = 0; d < hd; ++d) {
+      const VF k = hn::LoadU(df, kt + int64_t{d} * bs + c);
+      for (int r = 0; r < R; ++r) acc[r] = hn::MulAdd(hn::Set(df, q_rows[r][d]), k, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) hn::StoreU(hn::Mul(acc[r], hn::Set(df, scale)), df, score_rows[r] + c);
+  }
+}
+
+// out_r[c0, c0 + V * N) = sum over j < span of p_r[j] * value_j[c0, ...) for
+// rows [0, R), accumulated in registers.
+template <int R, int V>
+HWY_INLINE void SumValues(DF df, const PagedKv& cache, const AttentionSequence& s, int kvh,
+                          int64_t span, const float* const* p_rows, int64_t c0,
+                          float* const* out_rows) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  VF acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = hn::Zero(df);
+  const int bs = cache.block_size;
+  const int64_t blocks = (span + bs - 1) / bs;
+  const int64_t tile_floats = int64_t{bs} * cache.head_dim;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* vt = cache.v + TileOffset(cache, s.block_table[b], kvh);
+    if (b + 1 < blocks && c0 == 0) {  // the next block is elsewhere in memory: fetch it now
+      const float* next = cache.v + TileOffset(cache, s.block_table[b + 1], kvh);
+      for (int64_t i = 0; i < tile_floats; i += 16) hwy::Prefetch(next + i);
+    }
+    const int64_t j0 = b * bs, n = std::min<int64_t>(bs, span - j0);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = vt + i * cache.head_dim + c0;
+      VF x[V];
+      for (int v = 0; v < V; ++v) x[v] = hn::LoadU(df, row + v * N);
+      for (int r = 0; r < R; ++r) {
+        const VF p = hn::Set(df, p_rows[r][j0 + i]);
+        for (int v = 0; v < V; ++v) acc[r][v] = hn::MulAdd(p, x[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) hn::StoreU(acc[r][v], df, out_rows[r] + c0 + v * N);
+}
+
+// Calls fn.template operator()<R>() for R = min(rows, kRowBatch).
+template <typename Fn>
+HWY_INLINE void WithRowBatch(int64_t rows, Fn&& fn) {
+  static_assert(kRowBatch == 4);
+  switch (std::min<int64_t>(rows, kRowBatch)) {
+    case 1:
+      return fn.template operator()<1>();
+    case 2:
+      return fn.template operator()<2>();
+    case 3:
+      return fn.template operator()<3>();
+    default:
+      return fn.template operator()<4>();
+  }
 }
 
 void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s, int kvh,
                 int64_t tile_begin, int num_heads, float scale, float* out) {
   const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int hd = cache.head_dim;
+  const int bs = cache.block_size;
   const int group = num_heads / cache.num_kv_heads;
   const int64_t tile = std::min(kQueryTile, s.q_len - tile_begin);
   const int64_t first_pos = s.context_len - s.q_len + tile_begin;  // position of tile token 0
   const int64_t span = first_pos + tile;                            // positions any query sees
-  const int64_t rows = tile * group;                                // query vectors in the item
+  const int64_t blocks = (span + bs - 1) / bs;
+  const int64_t stride = blocks * bs;                               // scores per row
+  const int64_t rows = tile * group;  // query vectors in the item, row t * group + g
 
-  static thread_local std::vector<float> scores_storage, acc_storage;
-  if (scores_storage.size() < static_cast<size_t>(rows * span)) {
-    scores_storage.resize(static_cast<size_t>(rows * span));
+  static thread_local std::vector<float> scores_storage;
+  if (scores_storage.size() < static_cast<size_t>(rows * stride)) {
+    scores_storage.resize(static_cast<size_t>(rows * stride));
   }
-  if (acc_storage.size() < static_cast<size_t>(rows * hd)) {
-    acc_storage.resize(static_cast<size_t>(rows * hd));
-  }
-  float* scores = scores_storage.data();  // [rows, span]; row (t, g) valid up to first_pos + t
-  float* acc = acc_storage.data();        // [rows, hd]
-  auto q_row = [&](int64_t t, int g) {
-    return q + ((s.q_begin + tile_begin + t) * num_heads + kvh * group + g) * hd;
+  float* scores = scores_storage.data();  // [rows, stride]
+  auto q_row = [&](int64_t r) {
+    return q + ((s.q_begin + tile_begin + r / group) * num_heads + kvh * group + r % group) * hd;
+  };
+  auto out_row = [&](int64_t r) {
+    return out + ((s.q_begin + tile_begin + r / group) * num_heads + kvh * group + r % group) * hd;
   };
 
-  // Pass 1: scores, each key row read once for the whole item.
-  for (int64_t j = 0; j < span; ++j) {
-    if (j + kPrefetchPositions < span) PrefetchRow(cache.k, cache, s, j + kPrefetchPositions, kvh);
-    const float* k = cache.k + RowOffset(cache, s, j, kvh);
-    const int64_t t_start = std::max<int64_t>(0, j - first_pos);  // causal: tokens at pos >= j
-    for (int64_t t = t_start; t < tile; ++t) {
-      for (int g = 0; g < group; ++g) {
-        scores[(t * group + g) * span + j] = Dot(df, q_row(t, g), k, hd) * scale;
+  // Pass 1: scores, each key block read once per batch of query rows.
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* kt = cache.k + TileOffset(cache, s.block_table[b], kvh);
+    if (b + 1 < blocks) {  // the next block is elsewhere in memory: fetch it now
+      const float* next = cache.k + TileOffset(cache, s.block_table[b + 1], kvh);
+      for (int64_t i = 0; i < int64_t{hd} * bs; i += 16) hwy::Prefetch(next + i);
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBatch) {
+      WithRowBatch(rows - r0, [&]<int R>() {
+        const float* q_rows[R];
+        float* score_rows[R];
+        for (int r = 0; r < R; ++r) {
+          q_rows[r] = q_row(r0 + r);
+          score_rows[r] = scores + (r0 + r) * stride + b * bs;
+        }
+        if (bs % N == 0) {
+          ScoreBlock<R>(df, q_rows, kt, hd, bs, scale, score_rows);
+        } else {
+          for (int r = 0; r < R; ++r) {
+            for (int j = 0; j < bs; ++j) {
+              float dot = 0.0f;
+              for (int d = 0; d < hd; ++d) dot += q_rows[r][d] * kt[int64_t{d} * bs + j];
+              score_rows[r][j] = dot * scale;
+            }
+          }
+        }
+      });
+    }
+  }
+  // Softmax per query vector over its visible positions; the positions it may
+  // not see (causal) get probability 0, so pass 2 treats all rows alike.
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t visible = first_pos + r / group + 1;
+    float* sr = scores + r * stride;
+    float mx = sr[0];
+    for (int64_t j = 1; j < visible; ++j) mx = std::max(mx, sr[j]);
+    const float inv = 1.0f / ExpShiftSum(sr, visible, mx);
+    for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
+    std::fill(sr + visible, sr + span, 0.0f);
+  }
+  // Pass 2: weighted sums of values in registers, kRowBatch rows by up to 4
+  // vectors of head_dim at a time.
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBatch) {
+    WithRowBatch(rows - r0, [&]<int R>() {
+      const float* p_rows[R];
+      float* out_rows[R];
+      for (int r = 0; r < R; ++r) {
+        p_rows[r] = scores + (r0 + r) * stride;
+        out_rows[r] = out_row(r0 + r);
       }
-    }
-  }
-  // Softmax per query vector over its visible positions.
-  for (int64_t t = 0; t < tile; ++t) {
-    const int64_t visible = first_pos + t + 1;
-    for (int g = 0; g < group; ++g) {
-      float* sr = scores + (t * group + g) * span;
-      float mx = sr[0];
-      for (int64_t j = 1; j < visible; ++j) mx = std::max(mx, sr[j]);
-      const float inv = 1.0f / ExpShiftSum(sr, visible, mx);
-      for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
-    }
-  }
-  // Pass 2: weighted sum of values, each value row read once.
-  std::fill(acc, acc + rows * hd, 0.0f);
-  for (int64_t j = 0; j < span; ++j) {
-    if (j + kPrefetchPositions < span) PrefetchRow(cache.v, cache, s, j + kPrefetchPositions, kvh);
-    const float* v = cache.v + RowOffset(cache, s, j, kvh);
-    const int64_t t_start = std::max<int64_t>(0, j - first_pos);
-    for (int64_t t = t_start; t < tile; ++t) {
-      for (int g = 0; g < group; ++g) {
-        const int64_t r = t * group + g;
-        Axpy(df, scores[r * span + j], v, acc + r * hd, hd);
+      int64_t c0 = 0;
+      for (; c0 + 4 * N <= hd; c0 += 4 * N) SumValues<R, 4>(df, cache, s, kvh, span, p_rows, c0, out_rows);
+      for (; c0 + N <= hd; c0 += N) SumValues<R, 1>(df, cache, s, kvh, span, p_rows, c0, out_rows);
+      for (; c0 < hd; ++c0) {  // head_dim not a multiple of the vector width
+        for (int r = 0; r < R; ++r) {
+          float acc = 0.0f;
+          for (int64_t j = 0; j < span; ++j) acc += p_rows[r][j] * cache.v[ValueRow(cache, s, j, kvh) + c0];
+          out_rows[r][c0] = acc;
+        }
       }
-    }
-  }
-  for (int64_t t = 0; t < tile; ++t) {
-    for (int g = 0; g < group; ++g) {
-      float* o = out + ((s.q_begin + tile_begin + t) * num_heads + kvh * group + g) * hd;
-      std::memcpy(o, acc + (t * group + g) * hd, static_cast<size_t>(hd) * sizeof(float));
-    }
+    });
   }
 }
 
@@ -199,14 +274,17 @@ HWY_EXPORT(PagedAttentionImpl);
 
 void WriteKv(PagedKv& cache, const float* k, const float* v,
              std::span<const AttentionSequence> seqs) {
-  const int64_t row = static_cast<int64_t>(cache.num_kv_heads) * cache.head_dim;
+  const int64_t hd = cache.head_dim;
+  const size_t head_bytes = static_cast<size_t>(hd) * sizeof(float);
   for (const AttentionSequence& s : seqs) {
     CheckSequence(cache, s);
     for (int64_t i = 0; i < s.q_len; ++i) {
       const int64_t pos = s.context_len - s.q_len + i;
-      const int64_t dst = RowOffset(cache, s, pos, 0);
-      std::memcpy(cache.k + dst, k + (s.q_begin + i) * row, static_cast<size_t>(row) * sizeof(float));
-      std::memcpy(cache.v + dst, v + (s.q_begin + i) * row, static_cast<size_t>(row) * sizeof(float));
+      const int64_t src = (s.q_begin + i) * cache.num_kv_heads * hd;
+      for (int kvh = 0; kvh < cache.num_kv_heads; ++kvh) {
+        for (int d = 0; d < hd; ++d) cache.k[KeyIndex(cache, s, pos, kvh, d)] = k[src + kvh * hd + d];
+        std::memcpy(cache.v + ValueRow(cache, s, pos, kvh), v + src + kvh * hd, head_bytes);
+      }
     }
   }
 }
@@ -233,9 +311,10 @@ void PagedAttention(const float* q, const PagedKv& cache, std::span<const Attent
         std::vector<double> sc(static_cast<size_t>(pos + 1));
         double mx = -INFINITY;
         for (int64_t j = 0; j <= pos; ++j) {
-          const float* kv = cache.k + RowOffset(cache, s, j, h / group);
           double d = 0.0;
-          for (int c = 0; c < hd; ++c) d += static_cast<double>(qv[c]) * kv[c];
+          for (int c = 0; c < hd; ++c) {
+            d += static_cast<double>(qv[c]) * cache.k[KeyIndex(cache, s, j, h / group, c)];
+          }
           sc[static_cast<size_t>(j)] = d * scale;
           mx = std::max(mx, d * scale);
         }
@@ -245,7 +324,7 @@ void PagedAttention(const float* q, const PagedKv& cache, std::span<const Attent
         for (int c = 0; c < hd; ++c) {
           double acc = 0.0;
           for (int64_t j = 0; j <= pos; ++j) {
-            acc += sc[static_cast<size_t>(j)] * cache.v[RowOffset(cache, s, j, h / group) + c];
+            acc += sc[static_cast<size_t>(j)] * cache.v[ValueRow(cache, s, j, h / group) + c];
           }
           o[c] = static_cast<float>(acc / sum);
         }

@@ -14,8 +14,12 @@ namespace tandem::cpu {
 
 // The KV cache of one layer. Memory is owned by the caller.
 struct PagedKv {
-  float* k = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim]
-  float* v = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  // Per (block, kv head) one contiguous tile, so that attention (one item
+  // per kv head) streams whole tiles:
+  //   k: [num_blocks, num_kv_heads, head_dim, block_size] (keys transposed);
+  //   v: [num_blocks, num_kv_heads, block_size, head_dim].
+  float* k = nullptr;
+  float* v = nullptr;
   int64_t num_blocks = 0;
   int block_size = 16;
   int num_kv_heads = 0;

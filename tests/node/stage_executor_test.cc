@@ -161,8 +161,14 @@ TEST(StageExecutorTest, QuantizedWeightsStayClose) {
   fs::path model = MakeModel("quant", "--preset tiny-llama --dtype bf16 --seed 11 --tied");
   auto ref = Pipeline(model, Options(1, 1));
   ASSERT_TRUE(ref);
-  std::vector<int32_t> prompt = RandomTokens(16, ref->spec().vocab_size);
-  std::vector<float> a = Generate(*ref, prompt, 64, 0);
+  // The median error over several random prompts: one prompt's error varies
+  // by 3x between prompts (int4: 0.28-0.81 over 30 prompts, median 0.4).
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<float>> expected;
+  for (int i = 0; i < 5; ++i) {
+    prompts.push_back(RandomTokens(16, ref->spec().vocab_size));
+    expected.push_back(Generate(*ref, prompts.back(), 64, 0));
+  }
   // int4 (groups of 32) on a 64-wide random model with a quantized tied
   // lm_head is far coarser than int8; it must still track the logits.
   double previous = 0.0;
@@ -173,8 +179,12 @@ TEST(StageExecutorTest, QuantizedWeightsStayClose) {
     auto p = Pipeline(model, o);
     ASSERT_TRUE(p);
     EXPECT_FALSE(dynamic_cast<const StageExecutor&>(p->stage(0)).weights().uses_checkpoint());  // everything materialized
-    std::vector<float> b = Generate(*p, prompt, 64, 0);
-    const double err = RelL2(b, a);
+    std::vector<double> errors;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      errors.push_back(RelL2(Generate(*p, prompts[i], 64, 0), expected[i]));
+    }
+    std::sort(errors.begin(), errors.end());
+    const double err = errors[errors.size() / 2];
     EXPECT_LE(err, tolerance) << WeightQuantizationName(q);
     EXPECT_GT(err, previous) << WeightQuantizationName(q);  // int4 is coarser than int8
     previous = err;
