@@ -38,6 +38,7 @@ struct DecodeFlags {
   std::string model;
   int prompt = 512;
   int gen = 64;
+  int batch = 1;
   int rounds = 8;
   int threads = 0;
   int tp = 1;
@@ -71,6 +72,9 @@ Status RunDecodeBench(const DecodeFlags& f) {
   if (f.prompt < 1 || f.gen < 1) {
     return absl::InvalidArgumentError("--prompt and --gen must be at least 1");
   }
+  if (f.batch < 1 || f.batch > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("--batch ", f.batch, ": must be in [1, 256]"));
+  }
   if (f.rounds < 1 || f.rounds > f.gen) {
     return absl::InvalidArgumentError(
         absl::StrCat("--rounds ", f.rounds, ": must be in [1, --gen = ", f.gen, "]"));
@@ -78,7 +82,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
   ASSIGN_OR_RETURN(WeightQuantization quantize, ParseWeightQuantization(f.quantize));
   ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({f.device}));
   if (devices.size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--device ", f.device, ": name one device"));
+    return absl::InvalidArgumentError(absl::StrCat("--devices ", f.device, ": name one device"));
   }
   const int cuda_device = devices[0].kind == DeviceKind::kCuda ? devices[0].ordinal : -1;
   double roofline_gbps = 0, peak_gflops = 0;  // peak: CPU only
@@ -99,18 +103,18 @@ Status RunDecodeBench(const DecodeFlags& f) {
     const size_t gpus = cuda::ListDevices().size();
     if (static_cast<size_t>(cuda_device) >= gpus) {
       return absl::NotFoundError(
-          absl::StrCat("--device ", f.device, ": no such GPU (this machine has ", gpus, ")"));
+          absl::StrCat("--devices ", f.device, ": no such GPU (this machine has ", gpus, ")"));
     }
     try {
       roofline_gbps = cuda::MeasureDeviceBandwidthGBps(cuda_device);
     } catch (const cuda::CudaError& e) {
-      return absl::UnavailableError(absl::StrCat("--device ", f.device, ": ", e.what()));
+      return absl::UnavailableError(absl::StrCat("--devices ", f.device, ": ", e.what()));
     }
     simd = f.device;
     threads = 1;
 #else
     return absl::UnimplementedError(
-        absl::StrCat("--device ", f.device, ": this build has no CUDA backend"));
+        absl::StrCat("--devices ", f.device, ": this build has no CUDA backend"));
 #endif
   }
   const size_t rss_before = ResidentBytes();
@@ -118,8 +122,8 @@ Status RunDecodeBench(const DecodeFlags& f) {
       .stages = 1,
       .stage = StageOptions{.tp = f.tp,
                             .threads = threads,
-                            .max_batch_tokens = f.prompt,
-                            .max_batch_sequences = 1,
+                            .max_batch_tokens = std::max(f.prompt, f.batch),
+                            .max_batch_sequences = f.batch,
                             .kv_budget_bytes = static_cast<size_t>(f.kv_budget_mb * 1048576.0),
                             .quantize = quantize,
                             .int4_group_size = f.int4_group},
@@ -129,16 +133,22 @@ Status RunDecodeBench(const DecodeFlags& f) {
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const ModelSpec& spec = pipeline->spec();
-  if (f.prompt + f.gen > static_cast<int>(pipeline->stage(0).kv_cache().num_blocks()) * kKvBlockSize) {
+  // Each sequence holds prompt + 1 + gen tokens, in whole blocks.
+  const int64_t blocks_per_seq = (f.prompt + 1 + f.gen + kKvBlockSize - 1) / kKvBlockSize;
+  if (blocks_per_seq * f.batch > static_cast<int64_t>(pipeline->stage(0).kv_cache().num_blocks())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--prompt + --gen = ", f.prompt + f.gen, " tokens do not fit the KV budget of ",
-        f.kv_budget_mb, " MiB; raise --kv-budget-mb"));
+        "--batch ", f.batch, " x (--prompt + --gen + 1 = ", f.prompt + f.gen + 1,
+        " tokens) do not fit the KV budget of ", f.kv_budget_mb, " MiB; raise --kv-budget-mb"));
   }
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token_dist(0, spec.vocab_size - 1);
-  std::vector<int32_t> prompt(static_cast<size_t>(f.prompt));
-  for (int32_t& t : prompt) t = token_dist(rng);
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(f.batch));
+  for (auto& p : prompts) {
+    p.resize(static_cast<size_t>(f.prompt));
+    for (int32_t& t : p) t = token_dist(rng);
+  }
+  const std::vector<int32_t>& prompt = prompts[0];
 
   using Clock = std::chrono::steady_clock;
   // Prefill once to warm caches and pages, release, then measure.
@@ -149,37 +159,53 @@ Status RunDecodeBench(const DecodeFlags& f) {
   ASSIGN_OR_RETURN(std::span<const float> logits, pipeline->Step({&step, 1}, prompt));
   const double prefill_s = std::chrono::duration<double>(Clock::now() - t0).count();
 
+  // The other sequences of the batch, prefilled untimed.
+  const size_t vocab = static_cast<size_t>(spec.vocab_size);
+  std::vector<int32_t> tokens(static_cast<size_t>(f.batch));
   auto argmax = [&](std::span<const float> l) {
     return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
   };
-  int32_t token = argmax(logits);
+  tokens[0] = argmax(logits);
+  for (int b = 1; b < f.batch; ++b) {
+    step = SequenceStep{.seq_id = static_cast<uint64_t>(b + 1), .start = 0, .count = f.prompt};
+    ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, prompts[static_cast<size_t>(b)]));
+    tokens[static_cast<size_t>(b)] = argmax(logits);
+  }
+  // One decode step of every sequence together: `batch` tokens at `pos`.
+  std::vector<SequenceStep> steps(static_cast<size_t>(f.batch));
+  auto decode_step = [&](int64_t pos) -> Status {
+    for (int b = 0; b < f.batch; ++b) {
+      steps[static_cast<size_t>(b)] =
+          SequenceStep{.seq_id = static_cast<uint64_t>(b + 1), .start = pos, .count = 1};
+    }
+    ASSIGN_OR_RETURN(std::span<const float> out, pipeline->Step(steps, tokens));
+    for (size_t b = 0; b < tokens.size(); ++b) tokens[b] = argmax(out.subspan(b * vocab, vocab));
+    return absl::OkStatus();
+  };
   // One untimed decode step, then `gen` timed ones in `rounds` rounds.
-  step = SequenceStep{.seq_id = 1, .start = f.prompt, .count = 1};
-  ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
-  token = argmax(logits);
-  const double bytes_per_token = static_cast<double>(pipeline->weight_bytes_per_step());
+  RETURN_IF_ERROR(decode_step(f.prompt));
+  // Weights are read once per step, whatever the batch.
+  const double bytes_per_step = static_cast<double>(pipeline->weight_bytes_per_step());
   double decode_s = 0;
   std::vector<double> round_rooflines, round_fractions;
   for (int r = 0, done = 0; r < f.rounds; ++r) {
     const int n = static_cast<int>(int64_t{f.gen} * (r + 1) / f.rounds) - done;
     const double roofline = probe ? probe->Measure(3) : roofline_gbps;
     t0 = Clock::now();
-    for (int i = 0; i < n; ++i, ++done) {
-      step = SequenceStep{.seq_id = 1, .start = f.prompt + 1 + done, .count = 1};
-      ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&token, 1}));
-      token = argmax(logits);
-    }
+    for (int i = 0; i < n; ++i, ++done) RETURN_IF_ERROR(decode_step(f.prompt + 1 + done));
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     decode_s += s;
     round_rooflines.push_back(roofline);
-    round_fractions.push_back(bytes_per_token * n / s / 1e9 / roofline);
+    round_fractions.push_back(bytes_per_step * n / s / 1e9 / roofline);
   }
   // The probe's buffer is not part of the stage.
   const size_t rss = ResidentBytes() - (probe ? probe->bytes() : 0);
 
-  const double decode_tps = f.gen / decode_s;
+  const double steps_per_s = f.gen / decode_s;
+  const double decode_tps = steps_per_s * f.batch;
+  const double bytes_per_token = bytes_per_step / f.batch;
   const double prefill_tps = f.prompt / prefill_s;
-  const double achieved_gbps = bytes_per_token * decode_tps / 1e9;
+  const double achieved_gbps = bytes_per_step * steps_per_s / 1e9;
   roofline_gbps = bench::Median(round_rooflines);
   const double roofline_fraction = bench::Median(round_fractions);
   const double n = f.prompt;
@@ -216,7 +242,8 @@ Status RunDecodeBench(const DecodeFlags& f) {
         {"device", f.device},
         {"quantize", f.quantize},
         {"prompt", f.prompt},
-        {"gen", f.gen}};
+        {"gen", f.gen},
+        {"batch", f.batch}};
     std::printf("%s\n", out.dump().c_str());
     return absl::OkStatus();
   }
@@ -229,8 +256,10 @@ Status RunDecodeBench(const DecodeFlags& f) {
               prefill_gflops);
   if (peak_gflops > 0) std::printf(" (%.0f%% of peak)", 100.0 * prefill_gflops / peak_gflops);
   std::printf("\n");
-  std::printf("decode     %d tokens: %.2f tokens/s, %.1f GB/s (%.0f%% of the roofline)\n", f.gen,
-              decode_tps, achieved_gbps, 100.0 * roofline_fraction);
+  std::printf("decode     %d steps of %d sequence%s: %.2f tokens/s, %.1f GB/s (%.0f%% of the "
+              "roofline)\n",
+              f.gen, f.batch, f.batch == 1 ? "" : "s", decode_tps, achieved_gbps,
+              100.0 * roofline_fraction);
   if (probe) {
     const auto [lo, hi] = std::minmax_element(round_fractions.begin(), round_fractions.end());
     std::printf("           %d rounds against the bandwidth just before each: median %.0f%%, "
@@ -247,7 +276,11 @@ std::function<int()> SetupDecode(CLI::App& app) {
   auto f = std::make_shared<DecodeFlags>();
   app.add_option("--model", f->model, "model folder (Hugging Face layout)")->required();
   app.add_option("--prompt", f->prompt, "prompt tokens (random ids)")->capture_default_str();
-  app.add_option("--gen", f->gen, "decoded tokens")->capture_default_str();
+  app.add_option("--gen", f->gen, "decode steps (tokens per sequence)")->capture_default_str();
+  app.add_option("--batch", f->batch,
+                 "sequences decoded together, each with its own random prompt; tokens/s counts "
+                 "all of them")
+      ->capture_default_str();
   app.add_option("--rounds", f->rounds,
                  "CPU: decode in this many rounds, each after a bandwidth measurement; the "
                  "roofline fraction is the median over rounds")
@@ -258,7 +291,8 @@ std::function<int()> SetupDecode(CLI::App& app) {
   app.add_option("--int4-group", f->int4_group, "int4 group size (32 or 128)")
       ->capture_default_str();
   app.add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache memory, MiB")->capture_default_str();
-  app.add_option("--device", f->device, "cpu, or cuda:N in a build with the CUDA backend")
+  app.add_option("--devices,--device", f->device,
+                 "cpu, or cuda:N in a build with the CUDA backend (one device)")
       ->capture_default_str();
   app.add_flag("--json", f->json, "print one JSON object");
   return [f] {
