@@ -4,20 +4,21 @@
 // `group_size` inputs of a row). Accumulation is f32 (see Numerics below for
 // the one integer path).
 //
-// Two internal paths, chosen by the number of tokens T:
-//  - decode (small T): each weight row is streamed from memory once and
-//    multiplied with all T tokens while it is in registers/L1; bandwidth-bound.
-//  - prefill (large T): weights are widened to f32 in panels that stay in
+// Two internal paths, chosen by the number of tokens T and the weights:
+//  - decode (T up to 128; int8/int4 without AVX-512 VNNI up to 8; int4 with
+//    VNNI always): each weight row is streamed once per pass of a few tokens
+//    while it is in registers/L1; bandwidth-bound for few tokens.
+//  - prefill (more tokens): weights are widened to f32 in panels that stay in
 //    cache and are reused across all T tokens by a register-tiled kernel;
 //    compute-bound.
 // Both paths dispatch at run time to the widest SIMD of the machine.
 //
 // Numerics: products are summed in f32, so results differ from
 // MatMulReference by f32 rounding only, with one exception (RoundsActivations
-// says where it applies). On CPUs with AVX-512 VNNI the decode path (T <= 8)
-// of int8 and int4 weights (group size 32, 64 or a multiple of 128) rounds
-// each token's activations to integers per block and sums the integer
-// products exactly (int32) before scaling:
+// says where it applies). On CPUs with AVX-512 VNNI the decode path (int8:
+// T <= 128; int4: every T) of int8 and int4 weights (group size 32, 64 or a
+// multiple of 128) rounds each token's activations to integers per block and
+// sums the integer products exactly (int32) before scaling:
 //  - int8 weights: 16-bit activations, step max|x| / 32512 over blocks of 16
 //    inputs; about 2-3e-5 relative L2 error on Gaussian activations;
 //  - int4 weights: 8-bit activations, q = round_to_even(x * (127 / m)), step

@@ -562,12 +562,11 @@ constexpr int kTileRows = 4;
 constexpr int kTileTokens = 4;
 
 template <bool kInt4, int kGroup, int R>
-void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t T,
+void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0, int64_t t1,
                 const float* bias, float* y) {
   static_assert(kTileTokens == 4);
-  int64_t t0 = 0;
-  for (; T - t0 >= 4; t0 += 4) Tile<kInt4, kGroup, R, 4>(w, r0, qx, t0, bias, y);
-  switch (T - t0) {
+  for (; t1 - t0 >= 4; t0 += 4) Tile<kInt4, kGroup, R, 4>(w, r0, qx, t0, bias, y);
+  switch (t1 - t0) {
     case 1:
       return Tile<kInt4, kGroup, R, 1>(w, r0, qx, t0, bias, y);
     case 2:
@@ -577,6 +576,10 @@ void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t
   }
 }
 
+// Tokens per pass of all row tiles when T > 1: their records (at most 20 KiB
+// a token) stay in L2 while every tile passes over them.
+constexpr int64_t kTokenBlock = 32;
+
 template <bool kInt4, int kGroup>
 void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMatrix& w,
               const float* bias, float* y) {
@@ -585,22 +588,27 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMat
   // Several ranges per thread, handed out dynamically: a thread that the OS
   // delays does not hold the others back.
   const int64_t grain = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
-  pool.ParallelFor(
-      num_blocks,
-      [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * rows_per_block;
-          const int64_t n = std::min(rows_per_block, w.rows - r0);
-          if (T == 1) {
-            RowsOneToken<kInt4, kGroup>(w, r0, n, qx, bias, y);
-          } else if (n == kTileRows) {
-            TileTokens<kInt4, kGroup, kTileRows>(w, r0, qx, T, bias, y);
-          } else {
-            for (int64_t r = r0; r < r0 + n; ++r) TileTokens<kInt4, kGroup, 1>(w, r, qx, T, bias, y);
+  for (int64_t t0 = 0; t0 < T; t0 += kTokenBlock) {
+    const int64_t t1 = std::min(T, t0 + kTokenBlock);
+    pool.ParallelFor(
+        num_blocks,
+        [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r0 = b * rows_per_block;
+            const int64_t n = std::min(rows_per_block, w.rows - r0);
+            if (T == 1) {
+              RowsOneToken<kInt4, kGroup>(w, r0, n, qx, bias, y);
+            } else if (n == kTileRows) {
+              TileTokens<kInt4, kGroup, kTileRows>(w, r0, qx, t0, t1, bias, y);
+            } else {
+              for (int64_t r = r0; r < r0 + n; ++r) {
+                TileTokens<kInt4, kGroup, 1>(w, r, qx, t0, t1, bias, y);
+              }
+            }
           }
-        }
-      },
-      grain);
+        },
+        grain);
+  }
 }
 
 template <bool kInt4>
@@ -610,7 +618,14 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
   qx.chunks = (w.cols + ChunkInputs<kInt4>() - 1) / ChunkInputs<kInt4>();
   qx.record_bytes = RecordBytes<kInt4>();
   uint8_t* records = Scratch(static_cast<size_t>(T * qx.chunks * qx.record_bytes));
-  QuantizeActivations<kInt4>(x, T, w.cols, qx.chunks, records);
+  if (T == 1) {
+    QuantizeActivations<kInt4>(x, 1, w.cols, qx.chunks, records);
+  } else {
+    pool.ParallelFor(T, [&](int64_t t0, int64_t t1) {
+      QuantizeActivations<kInt4>(x + t0 * w.cols, t1 - t0, w.cols, qx.chunks,
+                                 records + t0 * qx.chunks * qx.record_bytes);
+    });
+  }
   qx.data = records;
   if constexpr (!kInt4) return RunTiles<false, 0>(pool, qx, T, w, bias, y);
   switch (w.group_size) {

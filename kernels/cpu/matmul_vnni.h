@@ -28,7 +28,7 @@ namespace tandem::cpu::vnni {
 // nothing about the CPU: callers dispatch here only on AVX-512 VNNI machines.
 bool Handles(const WeightMatrix& w);
 
-// MatMul for 1 <= T (meant for T <= 8), Handles(w) true, w.cols > 0. Runs on
+// MatMul for T >= 1, Handles(w) true, w.cols > 0. Runs on
 // the pool's threads; keeps per-thread scratch that only grows.
 void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
                   const float* bias, float* y);

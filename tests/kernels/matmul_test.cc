@@ -166,6 +166,9 @@ TYPED_TEST(MatMulTest, DecodeOddSizes) {
     }
   }
   this->Check(pool, 1, 4, 256, false);  // exact multiples of every vector width
+  // Several passes of tokens over each row tile, and (int8/int4 with VNNI)
+  // several blocks of tokens, up to the largest T the decode path takes.
+  for (int64_t T : {9, 33, 77, 128}) this->Check(pool, T, this->UniformInt(1, 70), 300, T % 2 == 1);
 }
 
 TYPED_TEST(MatMulTest, DecodeLongRows) {
@@ -195,15 +198,17 @@ TYPED_TEST(MatMulTest, DecodeZeroAndTinyBlocks) {
   ExpectMatchesReference(x.data(), T, w.view(), nullptr, y.data());
 }
 
+// T past the decode path's limit (matmul.h); int4 with VNNI takes the decode
+// path at every T, and the prefill path in EverySimdTarget's other targets.
 TYPED_TEST(MatMulTest, PrefillOddSizes) {
   ThreadPool pool(3);
   for (int64_t cols : {1, 7, 33, 127, 1000}) {
-    for (int64_t T : {9, 13, 40}) {
-      this->Check(pool, T, this->UniformInt(1, 300), cols, T != 13);
+    for (int64_t T : {129, 141, 200}) {
+      this->Check(pool, T, this->UniformInt(1, 120), cols, T != 141);
     }
   }
   // Depth beyond one packed panel, rows beyond one register tile.
-  this->Check(pool, 29, 67, 600, true);
+  this->Check(pool, 150, 67, 600, true);
 }
 
 TYPED_TEST(MatMulTest, GroupAlignedColumns) {
@@ -213,6 +218,7 @@ TYPED_TEST(MatMulTest, GroupAlignedColumns) {
     this->Check(pool, 1, 33, cols, false);
     this->Check(pool, 4, 9, cols, true);
     this->Check(pool, 20, 40, cols, false);
+    this->Check(pool, 130, 12, cols, true);
   }
 }
 
@@ -220,6 +226,7 @@ TYPED_TEST(MatMulTest, SingleThreadPoolMatchesReference) {
   ThreadPool pool(1);
   this->Check(pool, 1, 131, 515, true);
   this->Check(pool, 17, 45, 515, false);
+  this->Check(pool, 133, 20, 515, true);
 }
 
 TYPED_TEST(MatMulTest, EverySimdTarget) {
@@ -229,6 +236,7 @@ TYPED_TEST(MatMulTest, EverySimdTarget) {
       this->Check(pool, 1, 37, cols, true);
       this->Check(pool, 3, 5, cols, false);
       this->Check(pool, 23, 41, cols, true);
+      this->Check(pool, 140, 9, cols, false);
     }
   });
 }

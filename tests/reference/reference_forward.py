@@ -195,14 +195,12 @@ def rounded_as_int4_decode(h):
 def forward(cfg, w, tokens, int4_decode_rounding=False):
     """Returns logits [T, vocab] in float64 for the whole token list.
 
-    int4_decode_rounding: round the inputs of the products that tandem runs on
-    at most 8 tokens as its int4 decode path does (rounded_as_int4_decode):
-    every layer's when the whole prompt has at most 8 tokens, and always the
-    lm_head's, which tandem applies to one position at a time."""
+    int4_decode_rounding: round the input of every product as tandem's int4
+    path on AVX-512 VNNI CPUs does (rounded_as_int4_decode)."""
     T = len(tokens)
 
-    def product(a, name, tokens_at_once=T):
-        if int4_decode_rounding and tokens_at_once <= 8:
+    def product(a, name):
+        if int4_decode_rounding:
             a = rounded_as_int4_decode(a)
         return a @ w[name].T
 
@@ -241,7 +239,7 @@ def forward(cfg, w, tokens, int4_decode_rounding=False):
     x = rms_norm(x, w["model.norm.weight"], cfg.eps)
     head = "model.embed_tokens.weight" if cfg.tied or "lm_head.weight" not in w \
         else "lm_head.weight"
-    return product(x, head, tokens_at_once=1)
+    return product(x, head)
 
 
 def main():
