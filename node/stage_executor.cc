@@ -251,9 +251,10 @@ void StageExecutor::LayerForward(Rank& rank, const LayerWeights& w, cpu::PagedKv
 
   // Attention block.
   cpu::RmsNorm(residual, w.input_norm, eps, T, H, normed);
-  cpu::MatMul(pool, normed, T, w.q, w.q_bias, q);
-  cpu::MatMul(pool, normed, T, w.k, w.k_bias, k);
-  cpu::MatMul(pool, normed, T, w.v, w.v_bias, v);
+  const cpu::MatMulProduct qkv[] = {{.w = &w.q, .bias = w.q_bias, .y = q},
+                                     {.w = &w.k, .bias = w.k_bias, .y = k},
+                                     {.w = &w.v, .bias = w.v_bias, .y = v}};
+  cpu::MatMulShared(pool, normed, T, qkv);
   cpu::ApplyRope(rope_, q, T, rank.heads, positions_.data());
   cpu::ApplyRope(rope_, k, T, rank.kv_heads, positions_.data());
   cpu::WriteKv(kv, k, v, seqs);
@@ -266,8 +267,8 @@ void StageExecutor::LayerForward(Rank& rank, const LayerWeights& w, cpu::PagedKv
 
   // MLP block.
   cpu::RmsNorm(residual, w.post_norm, eps, T, H, normed);
-  cpu::MatMul(pool, normed, T, w.gate, nullptr, gate);
-  cpu::MatMul(pool, normed, T, w.up, nullptr, up);
+  const cpu::MatMulProduct gate_up[] = {{.w = &w.gate, .y = gate}, {.w = &w.up, .y = up}};
+  cpu::MatMulShared(pool, normed, T, gate_up);
   cpu::SiluMul(gate, up, gate, T * rank.inter_width);
   cpu::MatMul(pool, gate, T, w.down, nullptr, proj);
   rank.comm->AllReduceSum(proj, static_cast<size_t>(T * H));

@@ -421,7 +421,10 @@ void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatri
 #if HWY_TARGET == HWY_AVX3_DL
   // Integer dot products on quantized activations (matmul_vnni.h): the f32
   // path below is bound by dequantization, not by memory, on few cores.
-  if (vnni::Handles(w)) return vnni::DecodeMatMul(pool, x, T, w, bias, y);
+  if (vnni::Handles(w)) {
+    const MatMulProduct product{.w = &w, .bias = bias, .y = y};
+    return vnni::DecodeMatMul(pool, x, T, {&product, 1});
+  }
 #endif
   switch (w.dtype) {
     case DType::kF32:
@@ -601,6 +604,27 @@ bool RoundsActivationsImpl(const WeightMatrix& w, int64_t T) {
 #endif
 }
 
+// Whether MatMulShared's products can share one pass: rounded activations
+// (so one rounding serves them all), same dtype, cols and group size.
+bool SharesOnePass(int64_t T, std::span<const MatMulProduct> products) {
+#if HWY_TARGET == HWY_AVX3_DL
+  if (products.size() > vnni::kMaxProducts) return false;
+  const WeightMatrix& first = *products[0].w;
+  for (const MatMulProduct& p : products) {
+    const WeightMatrix& w = *p.w;
+    if (!RoundsActivationsImpl(w, T) || w.dtype != first.dtype || w.cols != first.cols ||
+        w.group_size != first.group_size) {
+      return false;
+    }
+  }
+  return true;
+#else
+  (void)T;
+  (void)products;
+  return false;
+#endif
+}
+
 void MatMulImpl(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
                 const float* bias, float* y) {
   if (UsesDecodePath(w, T)) {
@@ -618,6 +642,7 @@ HWY_AFTER_NAMESPACE();
 namespace tandem::cpu {
 
 HWY_EXPORT(MatMulImpl);
+HWY_EXPORT(SharesOnePass);
 HWY_EXPORT(RoundsActivationsImpl);
 
 bool RoundsActivations(const WeightMatrix& w, int64_t T) {
@@ -642,6 +667,22 @@ void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w, 
     return;
   }
   HWY_DYNAMIC_DISPATCH(MatMulImpl)(pool, x, T, w, bias, y);
+}
+
+void MatMulShared(ThreadPool& pool, const float* x, int64_t T,
+                  std::span<const MatMulProduct> products) {
+  bool shared = T >= 1 && !products.empty();
+  for (const MatMulProduct& p : products) {
+    CHECK(p.w != nullptr && p.y != nullptr);
+    CHECK_EQ(p.w->cols, products[0].w->cols);  // one x [T, cols] for all
+    // Empty matrices take MatMul's own handling.
+    shared = shared && p.w->rows > 0 && p.w->cols > 0;
+  }
+  if (shared && HWY_DYNAMIC_DISPATCH(SharesOnePass)(T, products)) {
+    for (const MatMulProduct& p : products) CHECK(p.w->data != nullptr && p.w->scales != nullptr);
+    return vnni::DecodeMatMul(pool, x, T, products);
+  }
+  for (const MatMulProduct& p : products) MatMul(pool, x, T, *p.w, p.bias, p.y);
 }
 
 }  // namespace tandem::cpu

@@ -29,6 +29,7 @@
 // It is the price of not widening every weight to f32, which bounds the f32
 // path by compute, not memory.
 #include <cstdint>
+#include <span>
 
 #include "core/dtype.h"
 #include "kernels/cpu/thread_pool.h"
@@ -67,6 +68,24 @@ inline int64_t Int4NumGroups(int64_t cols, int group_size) {
 // (scratch space is kept per thread and grows only).
 void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
             const float* bias, float* y);
+
+// One product of MatMulShared: y = x · wᵀ (+ bias), shapes and rules as for
+// MatMul.
+struct MatMulProduct {
+  const WeightMatrix* w = nullptr;
+  const float* bias = nullptr;  // or null
+  float* y = nullptr;
+};
+
+// MatMul of one x [T, cols] with each of several weight matrices of `cols`
+// columns (q/k/v, gate/up):
+// bit for bit the results of one MatMul per product. Where the products have
+// the same dtype, cols and group size and the activations are rounded
+// (RoundsActivations), x is rounded once and all products share one pass
+// over the pool, which saves the thread hand-offs that dominate small
+// products.
+void MatMulShared(ThreadPool& pool, const float* x, int64_t T,
+                  std::span<const MatMulProduct> products);
 
 // Whether MatMul rounds the activations (see Numerics) for weights w and T
 // tokens on this machine.

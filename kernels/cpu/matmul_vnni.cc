@@ -581,10 +581,16 @@ void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t
 constexpr int64_t kTokenBlock = 32;
 
 template <bool kInt4, int kGroup>
-void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMatrix& w,
-              const float* bias, float* y) {
+void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
+              std::span<const MatMulProduct> products) {
   const int64_t rows_per_block = T == 1 ? 16 : kTileRows;
-  const int64_t num_blocks = (w.rows + rows_per_block - 1) / rows_per_block;
+  // The row blocks of every product, numbered one product after another.
+  int64_t first_block[kMaxProducts + 1] = {0};
+  for (size_t i = 0; i < products.size(); ++i) {
+    first_block[i + 1] =
+        first_block[i] + (products[i].w->rows + rows_per_block - 1) / rows_per_block;
+  }
+  const int64_t num_blocks = first_block[products.size()];
   // Several ranges per thread, handed out dynamically: a thread that the OS
   // delays does not hold the others back.
   const int64_t grain = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
@@ -593,8 +599,13 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMat
     pool.ParallelFor(
         num_blocks,
         [&](int64_t b0, int64_t b1) {
+          size_t i = 0;
           for (int64_t b = b0; b < b1; ++b) {
-            const int64_t r0 = b * rows_per_block;
+            while (b >= first_block[i + 1]) ++i;
+            const WeightMatrix& w = *products[i].w;
+            const float* bias = products[i].bias;
+            float* y = products[i].y;
+            const int64_t r0 = (b - first_block[i]) * rows_per_block;
             const int64_t n = std::min(rows_per_block, w.rows - r0);
             if (T == 1) {
               RowsOneToken<kInt4, kGroup>(w, r0, n, qx, bias, y);
@@ -612,8 +623,9 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T, const WeightMat
 }
 
 template <bool kInt4>
-void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
-                   const float* bias, float* y) {
+void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T,
+                   std::span<const MatMulProduct> products) {
+  const WeightMatrix& w = *products[0].w;
   QuantizedX qx;
   qx.chunks = (w.cols + ChunkInputs<kInt4>() - 1) / ChunkInputs<kInt4>();
   qx.record_bytes = RecordBytes<kInt4>();
@@ -627,32 +639,36 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
     });
   }
   qx.data = records;
-  if constexpr (!kInt4) return RunTiles<false, 0>(pool, qx, T, w, bias, y);
+  if constexpr (!kInt4) return RunTiles<false, 0>(pool, qx, T, products);
   switch (w.group_size) {
     case 32:
-      return RunTiles<true, 32>(pool, qx, T, w, bias, y);
+      return RunTiles<true, 32>(pool, qx, T, products);
     case 64:
-      return RunTiles<true, 64>(pool, qx, T, w, bias, y);
+      return RunTiles<true, 64>(pool, qx, T, products);
     case 128:
-      return RunTiles<true, 128>(pool, qx, T, w, bias, y);
+      return RunTiles<true, 128>(pool, qx, T, products);
     default:
-      return RunTiles<true, 0>(pool, qx, T, w, bias, y);
+      return RunTiles<true, 0>(pool, qx, T, products);
   }
 }
 
 }  // namespace
 
-void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
-                  const float* bias, float* y) {
-  CHECK(Handles(w));
-  CHECK(T >= 1 && w.cols > 0);
-  if (w.dtype == DType::kI4) return DecodeMatMulT<true>(pool, x, T, w, bias, y);
-  DecodeMatMulT<false>(pool, x, T, w, bias, y);
+void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T,
+                  std::span<const MatMulProduct> products) {
+  CHECK(T >= 1 && !products.empty() && products.size() <= kMaxProducts);
+  const WeightMatrix& w = *products[0].w;
+  for (const MatMulProduct& p : products) {
+    CHECK(Handles(*p.w) && p.w->cols > 0);
+    CHECK(p.w->dtype == w.dtype && p.w->cols == w.cols && p.w->group_size == w.group_size);
+  }
+  if (w.dtype == DType::kI4) return DecodeMatMulT<true>(pool, x, T, products);
+  DecodeMatMulT<false>(pool, x, T, products);
 }
 
 #else  // !TANDEM_HAVE_VNNI_KERNELS
 
-void DecodeMatMul(ThreadPool&, const float*, int64_t, const WeightMatrix&, const float*, float*) {
+void DecodeMatMul(ThreadPool&, const float*, int64_t, std::span<const MatMulProduct>) {
   CHECK_MSG(false, "vnni::DecodeMatMul: not built for this architecture");
 }
 

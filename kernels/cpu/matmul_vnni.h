@@ -16,7 +16,9 @@
 //    int4 weights themselves (about 1e-1). One plane is what lets the int4
 //    kernel, which does twice the integer work per weight byte of int8, keep
 //    up with DRAM on few cores.
+#include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/thread_pool.h"
@@ -28,9 +30,12 @@ namespace tandem::cpu::vnni {
 // nothing about the CPU: callers dispatch here only on AVX-512 VNNI machines.
 bool Handles(const WeightMatrix& w);
 
-// MatMul for T >= 1, Handles(w) true, w.cols > 0. Runs on
-// the pool's threads; keeps per-thread scratch that only grows.
-void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
-                  const float* bias, float* y);
+// MatMulShared for T >= 1 and 1 to kMaxProducts products whose weights all
+// satisfy Handles, with the same dtype, cols (> 0) and group size: the
+// activations are rounded once and every product's row blocks share one pass
+// over the pool. Keeps per-thread scratch that only grows.
+inline constexpr size_t kMaxProducts = 4;
+void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T,
+                  std::span<const MatMulProduct> products);
 
 }  // namespace tandem::cpu::vnni

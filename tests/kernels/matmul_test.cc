@@ -229,6 +229,35 @@ TYPED_TEST(MatMulTest, SingleThreadPoolMatchesReference) {
   this->Check(pool, 133, 20, 515, true);
 }
 
+TYPED_TEST(MatMulTest, SharedProductsEqualSeparateOnes) {
+  // Row counts that end inside a row block, a bias on some products only.
+  ThreadPool pool(2);
+  for (int64_t T : {1, 3, 40, 130}) {
+    SCOPED_TRACE(::testing::Message() << "T=" << T);
+    const int64_t cols = 300;
+    std::vector<TestWeights> weights;
+    for (int64_t rows : {37, 5, 64}) {
+      const std::vector<float> values = this->Normal(rows * cols, 0.05f);
+      weights.emplace_back(TypeParam::dtype, TypeParam::group_size, rows, cols, values.data());
+    }
+    testing::MisalignedFloats x(T * cols), bias(64);
+    this->FillNormal(x.data(), T * cols);
+    this->FillNormal(bias.data(), 64);
+    std::vector<std::vector<float>> shared, separate;
+    std::vector<MatMulProduct> products;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const WeightMatrix& w = weights[i].view();
+      shared.emplace_back(static_cast<size_t>(T * w.rows), 12345.0f);
+      separate.emplace_back(static_cast<size_t>(T * w.rows));
+      const float* b = i == 1 ? nullptr : bias.data();
+      products.push_back({.w = &w, .bias = b, .y = shared.back().data()});
+      MatMul(pool, x.data(), T, w, b, separate.back().data());
+    }
+    MatMulShared(pool, x.data(), T, products);
+    for (size_t i = 0; i < weights.size(); ++i) EXPECT_EQ(shared[i], separate[i]) << "product " << i;
+  }
+}
+
 TYPED_TEST(MatMulTest, EverySimdTarget) {
   ThreadPool pool(2);
   testing::ForEachSimdTarget([&] {
