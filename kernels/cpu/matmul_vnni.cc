@@ -630,8 +630,8 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T,
   qx.chunks = (w.cols + ChunkInputs<kInt4>() - 1) / ChunkInputs<kInt4>();
   qx.record_bytes = RecordBytes<kInt4>();
   uint8_t* records = Scratch(static_cast<size_t>(T * qx.chunks * qx.record_bytes));
-  if (T == 1) {
-    QuantizeActivations<kInt4>(x, 1, w.cols, qx.chunks, records);
+  if (T < kTokenBlock) {  // a few tokens: not worth a hand-off to the pool
+    QuantizeActivations<kInt4>(x, T, w.cols, qx.chunks, records);
   } else {
     pool.ParallelFor(T, [&](int64_t t0, int64_t t1) {
       QuantizeActivations<kInt4>(x + t0 * w.cols, t1 - t0, w.cols, qx.chunks,

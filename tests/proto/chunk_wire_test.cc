@@ -10,17 +10,12 @@
 
 #include "proto/activation_sample.h"
 #include "tandem/v1/node.pb.h"
+#include "tests/proto/byte_buffer_bytes.h"
 
 namespace tandem {
 namespace {
 
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
+using testing::Flatten;
 
 // `bytes` cut at random places into slices (some of them empty).
 grpc::ByteBuffer Sliced(const std::string& bytes, std::mt19937_64& rng) {

@@ -18,18 +18,12 @@
 #include "proto/chunk_wire.h"
 #include "proto/grpc_channel.h"
 #include "proto/raw_stream.h"
+#include "tests/proto/byte_buffer_bytes.h"
 
 namespace tandem {
 namespace {
 
-// The bytes of a buffer, however it is sliced.
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
+using testing::Flatten;
 
 struct Counters {
   std::atomic<int> cancelled{0};
