@@ -351,11 +351,12 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
     // over the tiled path for rows of 2048; 1.05-1.15x for 8192, whose x
     // comes from L2): each thread reads one long sequential stream.
     if (T == 1) {
-      // Contiguous row ranges, several per thread, handed out dynamically.
-      const int64_t chunk = std::max<int64_t>(1, w.rows / (8 * pool.size()));
+      // Pieces of at least 16 KiB of rows; each thread streams its share of
+      // them as one long sequential read.
+      const int64_t min_rows = std::max<int64_t>(1, (int64_t{16} << 10) / RowBytes(w));
       pool.ParallelFor(w.rows, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) DecodeRowsSequential<kType, 1>(w, r, x, bias, y);
-      }, chunk);
+      }, min_rows);
       return;
     }
   }
@@ -364,9 +365,6 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
   // Tokens per tile: at most 16 accumulators; int4 keeps a per-group
   // accumulator beside each running sum, so it takes one token at a time.
   constexpr int kMaxTT = kType == DType::kI4 ? 1 : std::max(1, 16 / kDecodeRows<kType>);
-  // Several chunks per thread, handed out dynamically: a thread that the OS
-  // delays does not hold the others back.
-  const int64_t chunk = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
   pool.ParallelFor(num_blocks, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kRows;
@@ -390,7 +388,7 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
         t0 += tt;
       }
     }
-  }, chunk);
+  }, 1);
 }
 
 // The low nibbles are multiplied as q * 2^28 (one shift instead of two), so

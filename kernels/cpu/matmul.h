@@ -19,8 +19,11 @@
 // T <= 128; int4: every T) of int8 and int4 weights (group size 32, 64 or a
 // multiple of 128) rounds each token's activations to integers per block and
 // sums the integer products exactly (int32) before scaling:
-//  - int8 weights: 16-bit activations, step max|x| / 32512 over blocks of 16
-//    inputs; about 2-3e-5 relative L2 error on Gaussian activations;
+//  - int8 weights: 16-bit activations, q = round_to_even(x * (32512 / m)),
+//    step m / 32512, where m = max|x| over each block of 16 inputs: within
+//    each 256 inputs counted from the start of the row, block j (j < 16) is
+//    inputs 64k + 4j + i (k, i < 4); about 2-3e-5 relative L2 error on
+//    Gaussian activations;
 //  - int4 weights: 8-bit activations, q = round_to_even(x * (127 / m)), step
 //    m / 127, where m = max|x| over each block of 8 inputs counted from the
 //    start of the row (inputs past the end count as 0; a block with

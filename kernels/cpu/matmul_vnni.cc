@@ -21,10 +21,19 @@
 namespace tandem::cpu::vnni {
 
 bool Handles(const WeightMatrix& w) {
-  if (w.dtype == DType::kI8) return TANDEM_HAVE_VNNI_KERNELS;
+#if TANDEM_HAVE_VNNI_KERNELS
+  if (w.dtype == DType::kI8) return true;
   if (w.dtype != DType::kI4) return false;
+  // The int4 kernel unpacks nibbles with GFNI, which every CPU with the
+  // AVX-512 VNNI and VBMI of the dispatch target has in practice; checked
+  // all the same.
+  static const bool has_gfni = __builtin_cpu_supports("gfni");
   const int g = w.group_size;
-  return TANDEM_HAVE_VNNI_KERNELS && (g == 32 || g == 64 || (g > 0 && g % 128 == 0));
+  return has_gfni && (g == 32 || g == 64 || (g > 0 && g % 128 == 0));
+#else
+  (void)w;
+  return false;
+#endif
 }
 
 #if TANDEM_HAVE_VNNI_KERNELS
@@ -107,7 +116,7 @@ inline int64_t PrefetchDistance(int R, int64_t row_bytes) {
 HWY_DIAGNOSTICS(push)
 HWY_DIAGNOSTICS_OFF(disable : 4700, ignored "-Wuninitialized")
 HWY_DIAGNOSTICS_OFF(disable : 4701, ignored "-Wmaybe-uninitialized")
-HWY_PUSH_ATTRIBUTES("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,fma,bmi2")
+HWY_PUSH_ATTRIBUTES("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,gfni,fma,bmi2")
 namespace {
 
 // The first n bytes of 64 (n may be out of [0, 64]).
@@ -396,13 +405,21 @@ HWY_INLINE __m512 LaneScales(const float* scales, int64_t num_groups, int64_t c,
   }
 }
 
+// Bit matrices of vgf2p8affineqb, which sets bit i of each byte to the parity
+// of (row i & byte), row i being byte 7 - i of the 64-bit matrix: the low
+// nibble (rows 1, 2, 4, 8 for bits 0-3, zero above), and the high nibble
+// shifted down (rows 0x10 .. 0x80). The instruction's constant 8 then flips
+// bit 3, which turns a signed nibble q into q + 8.
+constexpr int64_t kLowNibble = 0x0102040800000000;
+constexpr int64_t kHighNibble = 0x1020408000000000;
+
 // One chunk (128 inputs, 64 bytes) of R int4 rows against TT tokens.
 template <int kGroup, int R, int TT, bool kMasked>
 HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&scales)[R], int64_t c,
                        int64_t row_bytes, int64_t num_groups, int group_size,
                        const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i eight = _mm512_set1_epi8(0x08);
+  const __m512i low = _mm512_set1_epi64(kLowNibble);
+  const __m512i high = _mm512_set1_epi64(kHighNibble);
   const int64_t prefetch = PrefetchDistance(R, row_bytes);
   const int64_t b0 = c * 64;
   __m512 xs[TT];
@@ -415,11 +432,10 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
       _mm_prefetch(reinterpret_cast<const char*>(rows[r] + b0 + prefetch), _MM_HINT_T0);
       bytes = _mm512_loadu_si512(rows[r] + b0);
     }
-    // Each nibble q becomes q + 8 = (q & 15) ^ 8 in [0, 15]; 0x6A is the
-    // ternary-logic table of (a & b) ^ c.
-    const __m512i wv[2] = {
-        _mm512_ternarylogic_epi32(bytes, low4, eight, 0x6A),
-        _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 4), low4, eight, 0x6A)};
+    // Each nibble q becomes q + 8 = (q & 15) ^ 8 in [0, 15], in one
+    // GF(2) affine map per nibble (see kLowNibble).
+    const __m512i wv[2] = {_mm512_gf2p8affine_epi64_epi8(bytes, low, 0x08),
+                           _mm512_gf2p8affine_epi64_epi8(bytes, high, 0x08)};
     const __m512 ws = LaneScales<kGroup, kMasked>(scales[r], num_groups, c, group_size);
     for (int t = 0; t < TT; ++t) {
       acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<true>(wv, recs[t])),

@@ -81,15 +81,15 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 namespace {
 constexpr int64_t kProbeBytes = int64_t{256} << 20;
 constexpr int64_t kProbeFloats = kProbeBytes / 4;
-// 1 MiB chunks handed out dynamically, so a thread the OS delays does not
-// stall the others.
+// Read in 1 MiB chunks handed out dynamically, so a thread the OS delays
+// does not stall the others.
 constexpr int64_t kProbeChunk = int64_t{1} << 18;
 }  // namespace
 
 BandwidthProbe::BandwidthProbe(ThreadPool& pool)
     : pool_(pool),
       buffer_(static_cast<size_t>(kProbeBytes)),
-      sink_(static_cast<size_t>(kProbeFloats / kProbeChunk + 1)) {
+      sink_(static_cast<size_t>(kProbeFloats / kProbeChunk)) {
   float* data = buffer_.As<float>();
   // First touch from the threads that read later (NUMA placement).
   pool_.ParallelForStatic(kProbeFloats, [&](int, int64_t b, int64_t e) {
@@ -101,12 +101,14 @@ double BandwidthProbe::Pass() {
   const float* data = buffer_.As<float>();
   const auto start = std::chrono::steady_clock::now();
   pool_.ParallelFor(
-      kProbeFloats,
-      [&](int64_t b, int64_t e) {
-        sink_[static_cast<size_t>(b / kProbeChunk)] +=
-            HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + b, e - b);
+      kProbeFloats / kProbeChunk,
+      [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          sink_[static_cast<size_t>(c)] +=
+              HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + c * kProbeChunk, kProbeChunk);
+        }
       },
-      kProbeChunk);
+      1);
   const double s = Seconds(start, std::chrono::steady_clock::now());
   volatile float keep = sink_[0];
   (void)keep;

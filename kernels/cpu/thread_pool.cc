@@ -27,11 +27,19 @@ thread_local bool tl_inside_parallel_for = false;
 // core when the node is idle.
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 
+// A share's unclaimed pieces [first, last) as one word (see Share).
+uint64_t Pack(int64_t first, int64_t last) {
+  return static_cast<uint64_t>(first) << 32 | static_cast<uint64_t>(last);
+}
+int64_t First(uint64_t range) { return static_cast<int64_t>(range >> 32); }
+int64_t Last(uint64_t range) { return static_cast<int64_t>(range & 0xFFFFFFFFu); }
+
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   size_ = threads;
+  shares_ = std::make_unique<Share[]>(static_cast<size_t>(threads));
   workers_.reserve(static_cast<size_t>(threads - 1));
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
 }
@@ -52,16 +60,21 @@ void ThreadPool::Run(int64_t n, int64_t min_chunk, Trampoline fn, void* ctx) {
     tl_inside_parallel_for = was_inside;
     return;
   }
+  const int64_t pieces = (n + chunk - 1) / chunk;
+  CHECK_MSG(pieces < (int64_t{1} << 31), "ThreadPool::ParallelFor: too many pieces");
   job_fn_ = fn;
   job_ctx_ = ctx;
   job_n_ = n;
   job_chunk_ = chunk;
-  next_.store(0, std::memory_order_relaxed);
+  for (int t = 0; t < size_; ++t) {
+    shares_[t].range.store(Pack(pieces * t / size_, pieces * (t + 1) / size_),
+                           std::memory_order_relaxed);
+  }
   pending_.store(size_ - 1, std::memory_order_relaxed);
-  Publish();
+  Publish();  // its seq_cst epoch bump publishes the shares
 
   tl_inside_parallel_for = true;
-  DrainChunks();
+  DrainChunks(0);
   tl_inside_parallel_for = false;
   // Workers that woke late still enter DrainChunks and find it empty; wait for
   // all of them so the job fields can be reused.
@@ -81,17 +94,53 @@ void ThreadPool::Publish() {
   }
 }
 
-void ThreadPool::DrainChunks() {
-  const int64_t n = job_n_;
-  const int64_t chunk = job_chunk_;
+bool ThreadPool::ClaimPiece(int self, int64_t* piece) {
+  std::atomic<uint64_t>& own = shares_[self].range;
   for (;;) {
-    int64_t begin = next_.fetch_add(chunk, std::memory_order_relaxed);
-    if (begin >= n) break;
-    job_fn_(job_ctx_, begin, std::min(begin + chunk, n));
+    uint64_t r = own.load(std::memory_order_acquire);
+    while (First(r) < Last(r)) {  // the front of this thread's own share
+      if (own.compare_exchange_weak(r, Pack(First(r) + 1, Last(r)), std::memory_order_acq_rel)) {
+        *piece = First(r);
+        return true;
+      }
+    }
+    // Own share done: take the back half of the largest share left.
+    int victim = -1;
+    int64_t most = 0;
+    for (int t = 0; t < size_; ++t) {
+      const uint64_t v = shares_[t].range.load(std::memory_order_acquire);
+      if (Last(v) - First(v) > most) {
+        most = Last(v) - First(v);
+        victim = t;
+      }
+    }
+    if (victim < 0) return false;
+    uint64_t v = shares_[victim].range.load(std::memory_order_acquire);
+    const int64_t first = First(v), last = Last(v);
+    if (first >= last) continue;
+    const int64_t mid = first + (last - first) / 2;  // the victim keeps [first, mid)
+    if (!shares_[victim].range.compare_exchange_strong(v, Pack(first, mid),
+                                                       std::memory_order_acq_rel)) {
+      continue;
+    }
+    // Only this thread stores into its own empty share; thieves that read it
+    // before this store fail their compare-and-swap.
+    own.store(Pack(mid + 1, last), std::memory_order_release);
+    *piece = mid;
+    return true;
   }
 }
 
-void ThreadPool::WorkerLoop(int /*index*/) {
+void ThreadPool::DrainChunks(int self) {
+  const int64_t n = job_n_;
+  const int64_t chunk = job_chunk_;
+  int64_t piece;
+  while (ClaimPiece(self, &piece)) {
+    job_fn_(job_ctx_, piece * chunk, std::min(n, (piece + 1) * chunk));
+  }
+}
+
+void ThreadPool::WorkerLoop(int index) {
   tl_inside_parallel_for = true;
   // No job can have been published before the constructor returned, so the
   // epoch this worker has "seen" is the initial one, however late it starts.
@@ -113,7 +162,7 @@ void ThreadPool::WorkerLoop(int /*index*/) {
     }
     seen = now;
     if (stop_.load(std::memory_order_relaxed)) return;
-    DrainChunks();
+    DrainChunks(index);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -28,10 +29,16 @@ class ThreadPool {
   int size() const { return size_; }
 
   // Calls fn(begin, end) on disjoint ranges that together cover [0, n), and
-  // returns when all calls have finished. Ranges are at least `min_chunk`
-  // long (except possibly the last) and are handed out dynamically; with
-  // min_chunk <= 0, [0, n) is cut into ranges of ceil(n / size()). The calling thread takes
-  // part. `fn` must not throw.
+  // returns when all calls have finished. The calling thread takes part.
+  // [0, n) is cut into pieces of `min_chunk` (the last may be shorter;
+  // min_chunk <= 0 means ceil(n / size())), and fn is called once per piece.
+  // Each thread starts on its own contiguous share of the pieces and works
+  // through it from the front; a thread whose share is done takes the back
+  // half of the largest share left. So each thread reads mostly one long
+  // contiguous range (what memory-streaming kernels need: their prefetching
+  // runs on from piece to piece), and a thread the OS delays is relieved by
+  // the others. A pool of one thread runs fn(0, n) once. At most 2^31 - 1
+  // pieces. `fn` must not throw.
   //
   // Thread-compatibility: one ParallelFor at a time per pool (give each
   // tensor-parallel rank its own pool). A ParallelFor issued from inside
@@ -63,7 +70,8 @@ class ThreadPool {
   using Trampoline = void (*)(void* ctx, int64_t begin, int64_t end);
   void Run(int64_t n, int64_t min_chunk, Trampoline fn, void* ctx);
   void WorkerLoop(int index);
-  void DrainChunks();
+  void DrainChunks(int self);  // runs pieces for thread `self` until none are left
+  bool ClaimPiece(int self, int64_t* piece);
   void Publish();  // makes the job fields visible and wakes sleeping workers
 
   int size_ = 1;
@@ -74,7 +82,13 @@ class ThreadPool {
   void* job_ctx_ = nullptr;
   int64_t job_n_ = 0;
   int64_t job_chunk_ = 1;
-  alignas(64) std::atomic<int64_t> next_{0};
+  // Per thread, the pieces [first, last) of its share not yet claimed, packed
+  // as first << 32 | last so that the owner (taking from the front) and a
+  // thief (taking the back half) claim with one compare-and-swap.
+  struct alignas(64) Share {
+    std::atomic<uint64_t> range{0};
+  };
+  std::unique_ptr<Share[]> shares_;
   alignas(64) std::atomic<uint32_t> epoch_{0};
   alignas(64) std::atomic<int> pending_{0};  // workers still inside the current job
   alignas(64) std::atomic<bool> stop_{false};

@@ -2,7 +2,9 @@
 // odd sizes, chunk sizes, nesting and pools larger than the machine.
 #include "kernels/cpu/thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -16,29 +18,43 @@ namespace {
 
 class ThreadPoolTest : public testing::SeededTest {};
 
-// Runs ParallelFor and checks each index of [0, n) was visited exactly once.
+// Runs ParallelFor and checks each index of [0, n) was visited exactly once,
+// in the documented pieces: all of it on a pool of one thread; otherwise
+// [k c, min(n, (k + 1) c)) with c = min_chunk, or ceil(n / size) where
+// min_chunk <= 0.
 void ExpectCoversOnce(ThreadPool& pool, int64_t n, int64_t min_chunk) {
   std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-  std::atomic<int64_t> calls{0};
+  std::mutex mu;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
   pool.ParallelFor(
       n,
       [&](int64_t b, int64_t e) {
         ASSERT_LE(0, b);
         ASSERT_LT(b, e);
         ASSERT_LE(e, n);
-        if (min_chunk > 0 && e != n) {
-          EXPECT_EQ(e - b, min_chunk);
-        }
         for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
-        calls.fetch_add(1);
+        std::lock_guard<std::mutex> lock(mu);
+        ranges.emplace_back(b, e);
       },
       min_chunk);
   for (int64_t i = 0; i < n; ++i) {
     ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "index " << i << " of " << n;
   }
   if (n == 0) {
-    EXPECT_EQ(calls.load(), 0);
+    EXPECT_TRUE(ranges.empty());
+    return;
   }
+  std::sort(ranges.begin(), ranges.end());
+  if (pool.size() == 1) {
+    EXPECT_EQ(ranges, (std::vector<std::pair<int64_t, int64_t>>{{0, n}}));
+    return;
+  }
+  const int64_t chunk = min_chunk > 0 ? min_chunk : (n + pool.size() - 1) / pool.size();
+  for (size_t k = 0; k < ranges.size(); ++k) {
+    const int64_t b = static_cast<int64_t>(k) * chunk;
+    EXPECT_EQ(ranges[k], std::make_pair(b, std::min(n, b + chunk))) << "piece " << k << " of " << n;
+  }
+  EXPECT_EQ(static_cast<int64_t>(ranges.size()), (n + chunk - 1) / chunk);
 }
 
 TEST_F(ThreadPoolTest, SizeIsAtLeastOne) {
@@ -79,6 +95,33 @@ TEST_F(ThreadPoolTest, LargeRangeAndRunsOnSeveralThreads) {
         1);
   }
   EXPECT_GE(ids.size(), 2u);
+}
+
+// A thread stuck in one piece does not hold up the rest of its share: the
+// other threads take it over (without that, this test would wait 10 s).
+TEST_F(ThreadPoolTest, OthersTakeOverTheShareOfAStuckThread) {
+  for (int threads : {2, 3, 4}) {
+    ThreadPool pool(threads);
+    constexpr int64_t kPieces = 40;
+    const int64_t stuck = kPieces / threads;  // the first piece of thread 1's share
+    std::atomic<int64_t> done{0};
+    std::atomic<bool> others_finished{false};
+    pool.ParallelFor(
+        kPieces,
+        [&](int64_t b, int64_t) {
+          if (b == stuck) {
+            const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (done.load() < kPieces - 1 && std::chrono::steady_clock::now() < give_up) {
+              std::this_thread::yield();
+            }
+            others_finished = done.load() == kPieces - 1;
+          }
+          done.fetch_add(1);
+        },
+        1);
+    EXPECT_TRUE(others_finished.load()) << threads << " threads";
+    EXPECT_EQ(done.load(), kPieces);
+  }
 }
 
 TEST_F(ThreadPoolTest, StaticRangesArePerThreadAndContiguous) {
