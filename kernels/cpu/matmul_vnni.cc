@@ -607,9 +607,6 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
         first_block[i] + (products[i].w->rows + rows_per_block - 1) / rows_per_block;
   }
   const int64_t num_blocks = first_block[products.size()];
-  // Several ranges per thread, handed out dynamically: a thread that the OS
-  // delays does not hold the others back.
-  const int64_t grain = std::max<int64_t>(1, num_blocks / (8 * pool.size()));
   for (int64_t t0 = 0; t0 < T; t0 += kTokenBlock) {
     const int64_t t1 = std::min(T, t0 + kTokenBlock);
     pool.ParallelFor(
@@ -634,7 +631,7 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
             }
           }
         },
-        grain);
+        1);  // one block per piece: threads stream their shares and finish together
   }
 }
 
