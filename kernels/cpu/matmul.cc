@@ -349,10 +349,9 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T, const WeightMatr
   if constexpr (kType != DType::kI4) {
     // One row at a time measured best from DRAM for every row length (1.2-1.35x
     // over the tiled path for rows of 2048; 1.05-1.15x for 8192, whose x
-    // comes from L2): each thread reads one long sequential stream.
+    // comes from L2), in pieces of at least 16 KiB of rows: each thread
+    // streams its share of them as one long sequential read.
     if (T == 1) {
-      // Pieces of at least 16 KiB of rows; each thread streams its share of
-      // them as one long sequential read.
       const int64_t min_rows = std::max<int64_t>(1, (int64_t{16} << 10) / RowBytes(w));
       pool.ParallelFor(w.rows, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) DecodeRowsSequential<kType, 1>(w, r, x, bias, y);

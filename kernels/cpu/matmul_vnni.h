@@ -5,17 +5,11 @@
 // here the activations are quantized instead and the products are summed as
 // integers (vpdpbusd: 64 u8 x s8 products per instruction).
 //
-// Numerics (the contract MatMul documents): each token's activations are
-// rounded per block of inputs to integers and the integer sums are exact, so
-// the only error against MatMulReference is that rounding.
-//  - int8 weights: 16-bit q per block of 16, q = round(x / d) with d = max |x|
-//    over the block / 32512, carried as two int8 planes (q = 256 * hi + lo):
-//    about 2-3e-5 relative L2 on Gaussian inputs.
-//  - int4 weights: 8-bit q per block of 8, d = max |x| / 127: one plane, half
-//    the integer work, about 3e-3 relative L2, far below the error of the
-//    int4 weights themselves (about 1e-1). One plane is what lets the int4
-//    kernel, which does twice the integer work per weight byte of int8, keep
-//    up with DRAM on few cores.
+// Numerics: the activation rounding that matmul.h documents (Numerics),
+// after which the integer sums are exact. int4 takes one 8-bit plane, half
+// the integer work of int8's two: that is what lets the int4 kernel, which
+// does twice the integer work per weight byte of int8, keep up with DRAM on
+// few cores.
 #include <cstddef>
 #include <cstdint>
 #include <span>

@@ -74,6 +74,13 @@ struct WorkItem {
   int64_t tile_begin;  // first new token of the tile, relative to the sequence
 };
 
+// Fetches a (block, kv head) tile of `floats` into cache ahead of use: the
+// next block of a sequence is elsewhere in memory, out of the prefetchers'
+// sight.
+HWY_INLINE void PrefetchTile(const float* tile, int64_t floats) {
+  for (int64_t i = 0; i < floats; i += 16) hwy::Prefetch(tile + i);
+}
+
 // Query vectors scored or summed together: each load of a key or value vector
 // serves this many of them.
 constexpr int kRowBatch = 4;
@@ -111,9 +118,8 @@ HWY_INLINE void SumValues(DF df, const PagedKv& cache, const AttentionSequence& 
   const int64_t tile_floats = int64_t{bs} * cache.head_dim;
   for (int64_t b = 0; b < blocks; ++b) {
     const float* vt = cache.v + TileOffset(cache, s.block_table[b], kvh);
-    if (b + 1 < blocks && c0 == 0) {  // the next block is elsewhere in memory: fetch it now
-      const float* next = cache.v + TileOffset(cache, s.block_table[b + 1], kvh);
-      for (int64_t i = 0; i < tile_floats; i += 16) hwy::Prefetch(next + i);
+    if (b + 1 < blocks && c0 == 0) {
+      PrefetchTile(cache.v + TileOffset(cache, s.block_table[b + 1], kvh), tile_floats);
     }
     const int64_t j0 = b * bs, n = std::min<int64_t>(bs, span - j0);
     for (int64_t i = 0; i < n; ++i) {
@@ -165,26 +171,23 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
     scores_storage.resize(static_cast<size_t>(rows * stride));
   }
   float* scores = scores_storage.data();  // [rows, stride]
-  auto q_row = [&](int64_t r) {
-    return q + ((s.q_begin + tile_begin + r / group) * num_heads + kvh * group + r % group) * hd;
-  };
-  auto out_row = [&](int64_t r) {
-    return out + ((s.q_begin + tile_begin + r / group) * num_heads + kvh * group + r % group) * hd;
+  // Where row r's query vector sits in q, and its output in out.
+  auto row_offset = [&](int64_t r) {
+    return ((s.q_begin + tile_begin + r / group) * num_heads + kvh * group + r % group) * hd;
   };
 
   // Pass 1: scores, each key block read once per batch of query rows.
   for (int64_t b = 0; b < blocks; ++b) {
     const float* kt = cache.k + TileOffset(cache, s.block_table[b], kvh);
-    if (b + 1 < blocks) {  // the next block is elsewhere in memory: fetch it now
-      const float* next = cache.k + TileOffset(cache, s.block_table[b + 1], kvh);
-      for (int64_t i = 0; i < int64_t{hd} * bs; i += 16) hwy::Prefetch(next + i);
+    if (b + 1 < blocks) {
+      PrefetchTile(cache.k + TileOffset(cache, s.block_table[b + 1], kvh), int64_t{hd} * bs);
     }
     for (int64_t r0 = 0; r0 < rows; r0 += kRowBatch) {
       WithRowBatch(rows - r0, [&]<int R>() {
         const float* q_rows[R];
         float* score_rows[R];
         for (int r = 0; r < R; ++r) {
-          q_rows[r] = q_row(r0 + r);
+          q_rows[r] = q + row_offset(r0 + r);
           score_rows[r] = scores + (r0 + r) * stride + b * bs;
         }
         if (bs % N == 0) {
@@ -220,7 +223,7 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
       float* out_rows[R];
       for (int r = 0; r < R; ++r) {
         p_rows[r] = scores + (r0 + r) * stride;
-        out_rows[r] = out_row(r0 + r);
+        out_rows[r] = out + row_offset(r0 + r);
       }
       int64_t c0 = 0;
       for (; c0 + 4 * N <= hd; c0 += 4 * N) SumValues<R, 4>(df, cache, s, kvh, span, p_rows, c0, out_rows);
