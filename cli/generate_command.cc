@@ -1,5 +1,6 @@
 // `tandem generate`: sends a prompt (or a chat turn) to a coordinator and
-// streams the answer to stdout; --json prints one object at the end.
+// streams the answer to stdout; --json prints one object at the end (with
+// --logprobs, each generated token's log-probability too).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -38,6 +39,7 @@ struct GenerateFlags {
   float frequency_penalty = 0.0f;
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
+  bool logprobs = false;
   bool json = false;
 };
 
@@ -96,6 +98,8 @@ StatusOr<v1::GenerateRequest> BuildRequest(const GenerateFlags& f) {
     s->set_seed(*f.seed);
     s->set_has_seed(true);
   }
+  if (f.logprobs && !f.json) return absl::InvalidArgumentError("--logprobs needs --json");
+  s->set_want_logprob(f.logprobs);
   for (const std::string& stop : f.stop) r.add_stop(stop);
   return r;
 }
@@ -110,6 +114,7 @@ Status Generate(const GenerateFlags& f) {
   v1::GenerateResponse response;
   uint32_t prompt_tokens = 0;
   std::vector<uint32_t> tokens;
+  std::vector<float> logprobs;
   std::string text;
   std::string finish_reason;
   std::string error;
@@ -120,6 +125,7 @@ Status Generate(const GenerateFlags& f) {
       if (!first) first = Clock::now();
       last = Clock::now();
       tokens.insert(tokens.end(), response.token_ids().begin(), response.token_ids().end());
+      logprobs.insert(logprobs.end(), response.logprobs().begin(), response.logprobs().end());
     }
     text += response.text();
     if (!f.json && !response.text().empty()) {
@@ -152,6 +158,13 @@ Status Generate(const GenerateFlags& f) {
                           {"text", text},
                           {"finish_reason", finish_reason},
                           {"timing", {{"ttft_ms", ttft_ms}, {"decode_tokens_per_s", decode_tps}}}};
+    if (f.logprobs) {
+      if (logprobs.size() != tokens.size()) {
+        return absl::UnavailableError(absl::StrCat("the coordinator sent ", logprobs.size(),
+                                                   " logprobs for ", tokens.size(), " tokens"));
+      }
+      out["logprobs"] = logprobs;
+    }
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("\n");  // the streamed text ends its line
@@ -183,6 +196,9 @@ std::function<int()> SetupGenerate(CLI::App& app) {
   app.add_option("--frequency-penalty", f->frequency_penalty)->capture_default_str();
   app.add_option("--seed", f->seed, "seed for reproducible sampling");
   app.add_option("--stop", f->stop, "stop string (repeatable); not included in the output");
+  app.add_flag("--logprobs", f->logprobs,
+               "with --json: add \"logprobs\", each generated token's log-probability under "
+               "the model's raw logits (before temperature and penalties)");
   app.add_flag("--json", f->json, "print one JSON object at the end");
   return [f] {
     Status status = Generate(*f);

@@ -98,11 +98,13 @@ class ClusterTest : public ::testing::Test {
     FAIL() << "the cluster did not become ready\n" << coordinator_->Log();
   }
 
-  json Generate(const std::string& prompt, int max_tokens, CommandResult* raw = nullptr) {
-    CommandResult r = RunCommand({BinaryPath("tandem"), "generate", "--coordinator",
-                                  coordinator_addr_, "--prompt", prompt, "--max-tokens",
-                                  std::to_string(max_tokens), "--temperature", "0", "--json"},
-                                 180);
+  json Generate(const std::string& prompt, int max_tokens, CommandResult* raw = nullptr,
+                bool logprobs = false) {
+    std::vector<std::string> argv = {BinaryPath("tandem"), "generate", "--coordinator",
+                                     coordinator_addr_, "--prompt", prompt, "--max-tokens",
+                                     std::to_string(max_tokens), "--temperature", "0", "--json"};
+    if (logprobs) argv.push_back("--logprobs");
+    CommandResult r = RunCommand(argv, 180);
     if (raw) *raw = r;
     if (r.exit_code != 0) return json();
     return json::parse(r.out, nullptr, false);
@@ -165,27 +167,61 @@ TEST_F(ClusterTest, ThreeNodesMatchOneProcess) {
   EXPECT_EQ(remote["tokens"], local["tokens"]);
 }
 
+// A request's answer does not depend on which others share its steps. Not
+// bit for bit: a shared step multiplies several tokens at once, which sums in
+// another order than one token alone, so the log-probabilities agree to
+// rounding, and a greedy choice between two tokens whose logits tie to within
+// that rounding may go either way. The tokens are identical up to such a tie,
+// if any; a request that read another's cache or hidden states would differ
+// by far more, from its first token on.
 TEST_F(ClusterTest, ConcurrentRequestsEachMatchAlone) {
   Start(2);
   WaitReady();
   constexpr int kRequests = 16;
+  // Rounding-level agreement of log-probabilities (a tie's two choices
+  // included); a wrong answer moves them by orders of magnitude more.
+  constexpr double kLogprobTolerance = 1e-3;
   std::vector<json> alone(kRequests);
   auto prompt_of = [](int i) { return std::string(kPrompts[i % 8]) + (i >= 8 ? " again" : ""); };
   auto max_tokens_of = [](int i) { return 8 + (i * 5) % 24; };
   for (int i = 0; i < kRequests; ++i) {
-    alone[i] = Generate(prompt_of(i), max_tokens_of(i));
+    alone[i] = Generate(prompt_of(i), max_tokens_of(i), nullptr, /*logprobs=*/true);
     ASSERT_TRUE(alone[i].is_object()) << i;
+    ASSERT_EQ(alone[i]["logprobs"].size(), alone[i]["tokens"].size()) << i;
   }
+  std::vector<CommandResult> raw(kRequests);
   std::vector<std::future<json>> together;
   for (int i = 0; i < kRequests; ++i) {
-    together.push_back(std::async(std::launch::async,
-                                  [&, i] { return Generate(prompt_of(i), max_tokens_of(i)); }));
+    together.push_back(std::async(std::launch::async, [&, i] {
+      return Generate(prompt_of(i), max_tokens_of(i), &raw[i], /*logprobs=*/true);
+    }));
   }
+  int ties = 0;
   for (int i = 0; i < kRequests; ++i) {
     json r = together[i].get();
-    ASSERT_TRUE(r.is_object()) << "request " << i << " failed";
-    EXPECT_EQ(r["tokens"], alone[i]["tokens"]) << "request " << i;
+    ASSERT_TRUE(r.is_object()) << "request " << i << " failed (exit " << raw[i].exit_code
+                               << "): " << raw[i].err;
+    const json& a = alone[i];
+    ASSERT_EQ(r["logprobs"].size(), r["tokens"].size()) << i;
+    const size_t n = std::min(r["tokens"].size(), a["tokens"].size());
+    size_t k = 0;
+    for (; k < n && r["tokens"][k] == a["tokens"][k]; ++k) {
+      EXPECT_NEAR(r["logprobs"][k].get<double>(), a["logprobs"][k].get<double>(),
+                  kLogprobTolerance)
+          << "request " << i << " token " << k;
+    }
+    if (k == n) {
+      EXPECT_EQ(r["tokens"], a["tokens"]) << "request " << i;
+      continue;
+    }
+    // The first differing token: the two choices must be a tie.
+    ++ties;
+    EXPECT_NEAR(r["logprobs"][k].get<double>(), a["logprobs"][k].get<double>(), kLogprobTolerance)
+        << "request " << i << " differs at token " << k << " (" << r["tokens"][k] << " vs "
+        << a["tokens"][k] << " alone), and not by a tie";
   }
+  // A tie is rare; most requests must match token for token.
+  EXPECT_LE(ties, kRequests / 4);
 }
 
 TEST_F(ClusterTest, KilledNodeFailsInFlightRequestsAndCoordinatorSurvives) {

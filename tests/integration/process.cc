@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -36,15 +37,15 @@ std::string ReadFile(const std::string& path) {
 
 Process::Process(std::vector<std::string> argv, std::string log_path)
     : log_path_(std::move(log_path)) {
-  int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw std::runtime_error("cannot create " + log_path_);
+  // Built before fork: the child of a multithreaded parent must not allocate.
+  auto args = ArgvPointers(argv);
   pid_ = fork();
   if (pid_ == 0) {
     dup2(fd, 1);
     dup2(fd, 2);
-    close(fd);
     setpgid(0, 0);
-    auto args = ArgvPointers(argv);
     execv(args[0], args.data());
     _exit(127);
   }
@@ -87,19 +88,22 @@ int Process::Stop(int signal, double timeout_s) {
 std::string Process::Log() const { return ReadFile(log_path_); }
 
 CommandResult RunCommand(const std::vector<std::string>& argv_in, double timeout_s) {
-  static int counter = 0;
+  // Tests run commands from several threads at once: each call needs its own
+  // files, and its descriptors must not leak into a child forked by another.
+  static std::atomic<int> counter{0};
   std::string base = "/tmp/tandem-cmd-" + std::to_string(getpid()) + "-" + std::to_string(++counter);
   std::string out_path = base + ".out", err_path = base + ".err";
   std::vector<std::string> argv = argv_in;
-  int out_fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  int err_fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int out_fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int err_fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out_fd < 0 || err_fd < 0) throw std::runtime_error("cannot create " + base + ".{out,err}");
+  auto args = ArgvPointers(argv);  // before fork, as in Process
   int pid = fork();
   if (pid == 0) {
     dup2(out_fd, 1);
     dup2(err_fd, 2);
-    int devnull = open("/dev/null", O_RDONLY);
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     dup2(devnull, 0);
-    auto args = ArgvPointers(argv);
     execv(args[0], args.data());
     _exit(127);
   }
