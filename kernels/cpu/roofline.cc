@@ -1,7 +1,11 @@
 // Machine limits for roofline reports: DRAM read bandwidth and peak f32 FMA
 // throughput, both with the widest SIMD chosen at run time.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -28,10 +32,12 @@ float StreamSumImpl(const float* x, int64_t n) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   VF a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
   int64_t i = 0;
-  for (; i + 4 * N <= n; i += 4 * N) {
-    // Prefetch as the decode kernels do, so both measure the same thing.
-    hwy::Prefetch(x + i + 256);
-    hwy::Prefetch(x + i + 256 + 16);
+  // Floats of one step and of one cache line, and the prefetch distance.
+  const int64_t step = 4 * N, line = 16, ahead = 1024;
+  for (; i + step <= n; i += step) {
+    // Every line prefetched 4 KiB ahead, as the decode kernels stream their
+    // rows, so both are held to the same way of reading.
+    for (int64_t l = 0; l < step; l += line) hwy::Prefetch(x + i + ahead + l);
     a0 = hn::Add(a0, hn::LoadU(df, x + i));
     a1 = hn::Add(a1, hn::LoadU(df, x + i + N));
     a2 = hn::Add(a2, hn::LoadU(df, x + i + 2 * N));
@@ -79,20 +85,69 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 }  // namespace
 
 namespace {
-constexpr int64_t kProbeBytes = int64_t{256} << 20;
-constexpr int64_t kProbeFloats = kProbeBytes / 4;
+constexpr size_t kMiB = size_t{1} << 20;
 // Read in 1 MiB chunks handed out dynamically, so a thread the OS delays
 // does not stall the others.
 constexpr int64_t kProbeChunk = int64_t{1} << 18;
+
+// Parses a sysfs cache size such as "491520K" or "2M"; 0 when malformed.
+size_t ParseCacheSize(const std::string& text) {
+  size_t value = 0, i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    value = value * 10 + static_cast<size_t>(text[i] - '0');
+    ++i;
+  }
+  if (i == 0) return 0;
+  if (i < text.size() && text[i] == 'K') return value << 10;
+  if (i < text.size() && text[i] == 'M') return value << 20;
+  return value;
+}
 }  // namespace
 
-BandwidthProbe::BandwidthProbe(ThreadPool& pool)
+size_t ProbeBytesFor(size_t llc_bytes, size_t ram_bytes) {
+  size_t bytes = std::max<size_t>(256 * kMiB, 4 * llc_bytes);
+  if (ram_bytes > 0) bytes = std::min(bytes, ram_bytes / 8);
+  return std::max(kMiB, bytes / kMiB * kMiB);
+}
+
+size_t LastLevelCacheBytes() {
+  size_t best = 0;
+  int best_level = 0;
+  for (int index = 0; index < 16; ++index) {
+    const std::string dir =
+        "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size_text;
+    if (!(level_file >> level) || !(size_file >> size_text)) continue;
+    const size_t size = ParseCacheSize(size_text);
+    if (level > best_level || (level == best_level && size > best)) {
+      best_level = level;
+      best = size;
+    }
+  }
+  if (best > 0) return best;
+  for (int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+    const long size = sysconf(name);
+    if (size > 0) return static_cast<size_t>(size);
+  }
+  return 0;
+}
+
+size_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+}
+
+BandwidthProbe::BandwidthProbe(ThreadPool& pool, size_t bytes)
     : pool_(pool),
-      buffer_(static_cast<size_t>(kProbeBytes)),
-      sink_(static_cast<size_t>(kProbeFloats / kProbeChunk)) {
+      buffer_(bytes == 0 ? ProbeBytesFor(LastLevelCacheBytes(), PhysicalMemoryBytes())
+                         : (bytes + kMiB - 1) / kMiB * kMiB),
+      sink_(buffer_.size() / sizeof(float) / static_cast<size_t>(kProbeChunk)) {
   float* data = buffer_.As<float>();
+  const int64_t floats = static_cast<int64_t>(buffer_.size() / sizeof(float));
   // First touch from the threads that read later (NUMA placement).
-  pool_.ParallelForStatic(kProbeFloats, [&](int, int64_t b, int64_t e) {
+  pool_.ParallelForStatic(floats, [&](int, int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) data[i] = static_cast<float>(i & 7);
   });
 }
@@ -101,7 +156,7 @@ double BandwidthProbe::Pass() {
   const float* data = buffer_.As<float>();
   const auto start = std::chrono::steady_clock::now();
   pool_.ParallelFor(
-      kProbeFloats / kProbeChunk,
+      static_cast<int64_t>(sink_.size()),
       [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           sink_[static_cast<size_t>(c)] +=
@@ -112,7 +167,7 @@ double BandwidthProbe::Pass() {
   const double s = Seconds(start, std::chrono::steady_clock::now());
   volatile float keep = sink_[0];
   (void)keep;
-  return static_cast<double>(kProbeBytes) / s / 1e9;
+  return static_cast<double>(buffer_.size()) / s / 1e9;
 }
 
 double BandwidthProbe::Measure(int passes) {
@@ -123,7 +178,7 @@ double BandwidthProbe::Measure(int passes) {
   return best;
 }
 
-double MeasureMemoryBandwidthGBps(ThreadPool& pool) { return BandwidthProbe(pool).Measure(9); }
+double MeasureMemoryBandwidthGBps(ThreadPool& pool) { return BandwidthProbe(pool).Measure(3); }
 
 double MeasurePeakGflops(ThreadPool& pool) {
   constexpr int64_t kIters = 2'000'000;

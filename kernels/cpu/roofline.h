@@ -8,19 +8,33 @@
 
 namespace tandem::cpu {
 
+// Bytes a bandwidth probe reads so that the last-level cache cannot serve a
+// measurable part of it: 4x `llc_bytes` and at least 256 MiB, but at most an
+// eighth of `ram_bytes` (where that is less, the probe is what the machine
+// can spare), in whole MiB. Server parts carry hundreds of MiB of L3, so a
+// fixed size is not "far larger than the cache" everywhere.
+size_t ProbeBytesFor(size_t llc_bytes, size_t ram_bytes);
+
+// The largest cache this machine reports (sysfs, then sysconf; 0 when it
+// reports none) and its physical memory in bytes.
+size_t LastLevelCacheBytes();
+size_t PhysicalMemoryBytes();
+
 // Read bandwidth from DRAM: all pool threads sum a buffer far larger than the
-// last-level cache (256 MiB) with SIMD loads, in chunks handed out
-// dynamically. On a shared machine this bandwidth drifts from one second to
-// the next, so benchmarks interleave passes with the work they measure and
-// compare each piece of work with the passes just before it.
+// last-level cache (ProbeBytesFor this machine) with SIMD loads, in chunks
+// handed out dynamically. On a shared machine this bandwidth drifts from one
+// second to the next, so benchmarks interleave passes with the work they
+// measure and compare each piece of work with the passes just before it.
 class BandwidthProbe {
  public:
   // Allocates and first-touches the buffer from the pool's threads.
-  explicit BandwidthProbe(ThreadPool& pool);
+  // bytes: 0 for ProbeBytesFor(LastLevelCacheBytes(), PhysicalMemoryBytes()),
+  // else rounded up to whole MiB.
+  explicit BandwidthProbe(ThreadPool& pool, size_t bytes = 0);
 
   // GB/s (1e9 bytes/s) of the best of `passes` reads of the whole buffer
-  // (each about 5 ms at 50 GB/s), after one unmeasured pass that wakes the
-  // pool's threads.
+  // (each about 40 ms for 2 GiB at 50 GB/s), after one unmeasured pass that
+  // wakes the pool's threads.
   double Measure(int passes);
 
   // Bytes of the buffer (resident while the probe lives).
@@ -34,7 +48,7 @@ class BandwidthProbe {
   std::vector<float> sink_;
 };
 
-// BandwidthProbe(pool).Measure(9).
+// BandwidthProbe(pool).Measure(3).
 double MeasureMemoryBandwidthGBps(ThreadPool& pool);
 
 // Peak f32 FMA throughput in GFLOP/s (1 FMA = 2 FLOP) using the widest SIMD
