@@ -26,6 +26,7 @@
 #include "nlohmann/json.hpp"
 #include "config/node_config.h"
 #include "node/local_pipeline.h"
+#include "node/sampler.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_info.h"
@@ -160,7 +161,6 @@ Status RunDecodeBench(const DecodeFlags& f) {
   const double prefill_s = std::chrono::duration<double>(Clock::now() - t0).count();
 
   // The other sequences of the batch, prefilled untimed.
-  const size_t vocab = static_cast<size_t>(spec.vocab_size);
   std::vector<int32_t> tokens(static_cast<size_t>(f.batch));
   auto argmax = [&](std::span<const float> l) {
     return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
@@ -171,15 +171,24 @@ Status RunDecodeBench(const DecodeFlags& f) {
     ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, prompts[static_cast<size_t>(b)]));
     tokens[static_cast<size_t>(b)] = argmax(logits);
   }
-  // One decode step of every sequence together: `batch` tokens at `pos`.
+  // One decode step of every sequence together: `batch` tokens at `pos`,
+  // sampled greedily by the last stage as a node does (on a GPU only the
+  // ids come back).
   std::vector<SequenceStep> steps(static_cast<size_t>(f.batch));
+  std::vector<std::unique_ptr<SequenceSampler>> samplers;
+  std::vector<SequenceSampler*> sampler_ptrs;
+  for (int b = 0; b < f.batch; ++b) {
+    samplers.push_back(std::make_unique<SequenceSampler>(SamplingParams{}, spec.vocab_size));
+    sampler_ptrs.push_back(samplers.back().get());
+  }
   auto decode_step = [&](int64_t pos) -> Status {
     for (int b = 0; b < f.batch; ++b) {
       steps[static_cast<size_t>(b)] =
           SequenceStep{.seq_id = static_cast<uint64_t>(b + 1), .start = pos, .count = 1};
     }
-    ASSIGN_OR_RETURN(std::span<const float> out, pipeline->Step(steps, tokens));
-    for (size_t b = 0; b < tokens.size(); ++b) tokens[b] = argmax(out.subspan(b * vocab, vocab));
+    ASSIGN_OR_RETURN(std::span<const SampledToken> out,
+                     pipeline->StepAndSample(steps, tokens, sampler_ptrs));
+    for (size_t b = 0; b < tokens.size(); ++b) tokens[b] = out[b].token;
     return absl::OkStatus();
   };
   // One untimed decode step, then `gen` timed ones in `rounds` rounds.

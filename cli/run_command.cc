@@ -155,29 +155,38 @@ Status Run(const RunFlags& f) {
   using Clock = std::chrono::steady_clock;
   const uint64_t kSeq = 1;
   const auto start = Clock::now();
-  std::span<const float> logits;
+  // The last stage samples (on the GPU when there is one); only
+  // --logits-out takes the logits of the prompt's last position instead.
+  SequenceSampler sampler(sampling, spec.vocab_size);
+  sampler.SetPrompt(prompt);
+  SequenceSampler* const samplers[] = {&sampler};
+  int32_t next = -1;
   for (size_t begin = 0; begin < prompt.size(); begin += static_cast<size_t>(f.max_batch_tokens)) {
     const size_t n = std::min(prompt.size() - begin, static_cast<size_t>(f.max_batch_tokens));
     SequenceStep step{.seq_id = kSeq, .start = static_cast<int64_t>(begin),
                       .count = static_cast<int64_t>(n)};
-    ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1},
-                                            std::span<const int32_t>(prompt).subspan(begin, n)));
+    const std::span<const int32_t> chunk = std::span<const int32_t>(prompt).subspan(begin, n);
+    if (begin + n < prompt.size()) {
+      RETURN_IF_ERROR(pipeline->Step({&step, 1}, chunk).status());
+    } else if (f.logits_out.has_value()) {
+      ASSIGN_OR_RETURN(std::span<const float> logits, pipeline->Step({&step, 1}, chunk));
+      return WriteLogits(*f.logits_out, logits);
+    } else {
+      ASSIGN_OR_RETURN(std::span<const SampledToken> sampled,
+                       pipeline->StepAndSample({&step, 1}, chunk, samplers));
+      next = sampled[0].token;
+    }
   }
-  if (f.logits_out.has_value()) return WriteLogits(*f.logits_out, logits);
 
   std::vector<int32_t> eos(spec.eos_token_ids.begin(), spec.eos_token_ids.end());
   if (tokenizer) {
     for (int32_t id : tokenizer->eos_ids()) eos.push_back(id);
   }
-  SequenceSampler sampler(sampling, spec.vocab_size);
-  sampler.SetPrompt(prompt);
-  std::vector<float> scratch(static_cast<size_t>(spec.vocab_size));
   std::vector<int32_t> generated;
   double ttft_ms = 0;
   auto decode_start = Clock::now();
   for (int i = 0; i < f.max_tokens; ++i) {
-    std::copy(logits.begin(), logits.end(), scratch.begin());
-    const int32_t token = sampler.Sample(scratch).token;
+    const int32_t token = next;
     generated.push_back(token);
     if (i == 0) {
       decode_start = Clock::now();
@@ -188,7 +197,9 @@ Status Run(const RunFlags& f) {
     SequenceStep step{.seq_id = kSeq,
                       .start = static_cast<int64_t>(prompt.size() + generated.size() - 1),
                       .count = 1};
-    ASSIGN_OR_RETURN(logits, pipeline->Step({&step, 1}, {&generated.back(), 1}));
+    ASSIGN_OR_RETURN(std::span<const SampledToken> sampled,
+                     pipeline->StepAndSample({&step, 1}, {&generated.back(), 1}, samplers));
+    next = sampled[0].token;
   }
   const double decode_s = std::chrono::duration<double>(Clock::now() - decode_start).count();
   const double decode_tps =

@@ -14,6 +14,7 @@
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/sampling.h"
 #include "node/model_weights.h"
 
 namespace tandem {
@@ -71,11 +72,30 @@ struct CudaStageExecutor::Device {
   // Host scratch of Forward, [max_batch_sequences] each.
   std::vector<KvReservation> reservations;
   std::vector<int64_t> last_rows;
-  // Captured decode steps, by batch size (index T, 1..kMaxDecodeTokens).
+  // Last stage, GPU sampling: per sequence its parameters and result; the
+  // penalty tokens of every sequence of a step (at most the tokens the KV
+  // cache holds, plus each sequence's newest output); the raw logits.
+  cuda::DeviceBuffer sampling_params, sampled, penalty_tokens, penalty_counts, penalty_in_prompt,
+      raw_logits;
+  cuda::PinnedBuffer h_sampling_params, h_sampled, h_penalty_tokens, h_penalty_counts,
+      h_penalty_in_prompt;
+  size_t penalty_capacity = 0;
+  // Host scratch of ForwardAndSample, reserved at Create().
+  std::vector<int32_t> penalty_tokens_scratch, penalty_counts_scratch;
+  std::vector<uint8_t> penalty_in_prompt_scratch;
+  std::vector<std::pair<int32_t, int32_t>> penalty_ranges;  // per sequence: (first, count)
+  std::vector<SampledToken> sampled_tokens;
+  // Captured decode steps, by batch size (index T, 1..kMaxDecodeTokens):
+  // those that return logits and those that sample.
   std::vector<cudaGraphExec_t> graphs = std::vector<cudaGraphExec_t>(cuda::kMaxDecodeTokens + 1);
+  std::vector<cudaGraphExec_t> sampling_graphs =
+      std::vector<cudaGraphExec_t>(cuda::kMaxDecodeTokens + 1);
 
   ~Device() {
     for (cudaGraphExec_t g : graphs) {
+      if (g != nullptr) cudaGraphExecDestroy(g);
+    }
+    for (cudaGraphExec_t g : sampling_graphs) {
       if (g != nullptr) cudaGraphExecDestroy(g);
     }
     if (cublas != nullptr) cublasDestroy(cublas);
@@ -187,6 +207,30 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
     if (last) {
       dev->last_hidden = dev->Floats(max_s * H);
       dev->logits = dev->Floats(max_s * spec.vocab_size);
+      dev->raw_logits = dev->Floats(max_s * spec.vocab_size);
+      const size_t params_bytes = static_cast<size_t>(max_s) * sizeof(cuda::DeviceSamplingParams);
+      const size_t sampled_bytes = static_cast<size_t>(max_s) * sizeof(cuda::DeviceSampled);
+      dev->sampling_params = cuda::DeviceBuffer(params_bytes);
+      dev->h_sampling_params = cuda::PinnedBuffer(params_bytes);
+      dev->sampled = cuda::DeviceBuffer(sampled_bytes);
+      dev->h_sampled = cuda::PinnedBuffer(sampled_bytes);
+      // Each sequence's distinct earlier tokens are among those its KV
+      // blocks hold, plus its newest output (not yet fed back).
+      dev->penalty_capacity =
+          std::min(static_cast<size_t>(kv.num_blocks()) * kKvBlockSize + static_cast<size_t>(max_s),
+                   static_cast<size_t>(max_s) * static_cast<size_t>(spec.vocab_size));
+      const size_t cap = std::max<size_t>(dev->penalty_capacity, 1);
+      dev->penalty_tokens = cuda::DeviceBuffer(cap * sizeof(int32_t));
+      dev->penalty_counts = cuda::DeviceBuffer(cap * sizeof(int32_t));
+      dev->penalty_in_prompt = cuda::DeviceBuffer(cap);
+      dev->h_penalty_tokens = cuda::PinnedBuffer(cap * sizeof(int32_t));
+      dev->h_penalty_counts = cuda::PinnedBuffer(cap * sizeof(int32_t));
+      dev->h_penalty_in_prompt = cuda::PinnedBuffer(cap);
+      dev->penalty_tokens_scratch.reserve(cap);
+      dev->penalty_counts_scratch.reserve(cap);
+      dev->penalty_in_prompt_scratch.reserve(cap);
+      dev->penalty_ranges.reserve(static_cast<size_t>(max_s));
+      dev->sampled_tokens.reserve(static_cast<size_t>(max_s));
     }
     const int64_t widest = std::max<int64_t>({H, inter, spec.q_size()});
     dev->gemm_scratch = cuda::DeviceBuffer(cuda::PrefillScratchBytes(max_t, widest));
@@ -233,9 +277,9 @@ size_t CudaStageExecutor::device_bytes() const {
   return dev_->weight_bytes + dev_->kv_storage.bytes() + dev_->activation_bytes;
 }
 
-StatusOr<std::span<const float>> CudaStageExecutor::Forward(std::span<const SequenceStep> seqs,
-                                                            std::span<const int32_t> tokens,
-                                                            std::span<const float> hidden) {
+StatusOr<int64_t> CudaStageExecutor::PrepareStep(std::span<const SequenceStep> seqs,
+                                                 std::span<const int32_t> tokens,
+                                                 std::span<const float> hidden) {
   RETURN_IF_ERROR(ValidateStageStep(spec_, options_, seqs, tokens, hidden));
   Device& d = *dev_;
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -244,12 +288,10 @@ StatusOr<std::span<const float>> CudaStageExecutor::Forward(std::span<const Sequ
   }
   RETURN_IF_ERROR(kv_.Reserve(std::span<const KvReservation>(d.reservations.data(), seqs.size())));
 
-  const int64_t S = static_cast<int64_t>(seqs.size());
   int32_t* positions = d.h_positions.As<int32_t>();
   int64_t* offsets = d.h_table_offsets.As<int64_t>();
   int32_t* tables = d.h_block_tables.As<int32_t>();
   int64_t row = 0, table_size = 0;
-  const std::span<int64_t> last_rows(d.last_rows.data(), seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     const std::span<const int32_t> table = kv_.BlockTable(seqs[i].seq_id);
     std::memcpy(tables + table_size, table.data(), table.size_bytes());
@@ -259,60 +301,156 @@ StatusOr<std::span<const float>> CudaStageExecutor::Forward(std::span<const Sequ
     }
     table_size += static_cast<int64_t>(table.size());
     row += seqs[i].count;
-    last_rows[i] = row - 1;
+    d.last_rows[i] = row - 1;
   }
-  const int64_t T = row;
+  table_entries_ = table_size;
+  if (is_first()) {
+    std::memcpy(d.h_tokens.data(), tokens.data(), tokens.size_bytes());
+  } else {
+    std::memcpy(d.h_hidden.data(), hidden.data(), hidden.size_bytes());
+  }
+  return row;
+}
+
+void CudaStageExecutor::RunStep(int64_t T, int64_t S, bool sample) {
+  Device& d = *dev_;
+  const std::span<const int64_t> last_rows(d.last_rows.data(), static_cast<size_t>(S));
   // Decode-only steps of few sequences replay a captured graph: the same
   // kernels, launched at once. Only the metadata copies stay outside it
   // (the block tables change size from step to step).
   const bool graph = options_.cuda_graphs && T == S && T <= cuda::kMaxDecodeTokens;
+  CUDA_CHECK(cudaSetDevice(d.index));
+  cudaStream_t s = d.stream;
+  CUDA_CHECK(cudaMemcpyAsync(d.positions.data(), d.h_positions.data(), T * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, s));
+  CUDA_CHECK(cudaMemcpyAsync(d.table_offsets.data(), d.h_table_offsets.data(),
+                             T * sizeof(int64_t), cudaMemcpyHostToDevice, s));
+  CUDA_CHECK(cudaMemcpyAsync(d.block_tables.data(), d.h_block_tables.data(),
+                             table_entries_ * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  if (graph) {
+    cudaGraphExec_t& exec = (sample ? d.sampling_graphs : d.graphs)[static_cast<size_t>(T)];
+    if (exec == nullptr) {
+      cudaGraph_t captured = nullptr;
+      CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      try {
+        EnqueueStep(T, S, last_rows, sample);
+      } catch (const cuda::CudaError&) {
+        cudaStreamEndCapture(s, &captured);
+        if (captured != nullptr) cudaGraphDestroy(captured);
+        throw;
+      }
+      CUDA_CHECK(cudaStreamEndCapture(s, &captured));
+      const cudaError_t st = cudaGraphInstantiate(&exec, captured, 0);
+      cudaGraphDestroy(captured);
+      CUDA_CHECK(st);
+    }
+    CUDA_CHECK(cudaGraphLaunch(exec, s));
+  } else {
+    EnqueueStep(T, S, last_rows, sample);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+StatusOr<std::span<const float>> CudaStageExecutor::Forward(std::span<const SequenceStep> seqs,
+                                                            std::span<const int32_t> tokens,
+                                                            std::span<const float> hidden) {
+  ASSIGN_OR_RETURN(const int64_t T, PrepareStep(seqs, tokens, hidden));
+  const int64_t S = static_cast<int64_t>(seqs.size());
+  try {
+    RunStep(T, S, /*sample=*/false);
+  } catch (const cuda::CudaError& e) {
+    return absl::InternalError(absl::StrCat("CUDA device ", dev_->index, ": ", e.what()));
+  }
+  const size_t out_floats = static_cast<size_t>(is_last() ? S * spec_.vocab_size : T * spec_.hidden_size);
+  return std::span<const float>(dev_->h_out.As<float>(), out_floats);
+}
+
+StatusOr<std::span<const SampledToken>> CudaStageExecutor::ForwardAndSample(
+    std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
+    std::span<const float> hidden, std::span<SequenceSampler* const> samplers) {
+  RETURN_IF_ERROR(ValidateSamplers(seqs, samplers));
+  Device& d = *dev_;
+  // The penalty tokens first: a step whose tokens would not fit is refused
+  // before the KV cache changes.
+  d.penalty_tokens_scratch.clear();
+  d.penalty_counts_scratch.clear();
+  d.penalty_in_prompt_scratch.clear();
+  std::vector<std::pair<int32_t, int32_t>>& penalty_ranges = d.penalty_ranges;
+  penalty_ranges.clear();
+  for (SequenceSampler* sampler : samplers) {
+    const int32_t begin = static_cast<int32_t>(d.penalty_tokens_scratch.size());
+    if (sampler != nullptr) {
+      sampler->AppendPenaltyTokens(&d.penalty_tokens_scratch, &d.penalty_counts_scratch,
+                                   &d.penalty_in_prompt_scratch);
+    }
+    penalty_ranges.emplace_back(begin,
+                                static_cast<int32_t>(d.penalty_tokens_scratch.size()) - begin);
+  }
+  const size_t penalty_count = d.penalty_tokens_scratch.size();
+  if (penalty_count > d.penalty_capacity) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the step's sequences have ", penalty_count,
+                     " distinct earlier tokens to penalize, more than the ", d.penalty_capacity,
+                     " this stage holds room for"));
+  }
+  ASSIGN_OR_RETURN(const int64_t T, PrepareStep(seqs, tokens, hidden));
+  const int64_t S = static_cast<int64_t>(seqs.size());
+  // Draws come after every check, so a refused step leaves the generators
+  // as they were.
+  auto* params = d.h_sampling_params.As<cuda::DeviceSamplingParams>();
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    params[i] = cuda::DeviceSamplingParams{};  // no sampler: greedy, result unused
+    if (samplers[i] == nullptr) continue;
+    const SamplingParams& p = samplers[i]->params();
+    params[i] = {.temperature = p.temperature,
+                 .top_k = p.top_k,
+                 .top_p = p.top_p,
+                 .min_p = p.min_p,
+                 .repetition_penalty = p.repetition_penalty,
+                 .presence_penalty = p.presence_penalty,
+                 .frequency_penalty = p.frequency_penalty,
+                 .uniform = samplers[i]->Draw(),
+                 .penalty_begin = penalty_ranges[i].first,
+                 .penalty_count = penalty_ranges[i].second};
+  }
   try {
     CUDA_CHECK(cudaSetDevice(d.index));
     cudaStream_t s = d.stream;
-    CUDA_CHECK(cudaMemcpyAsync(d.positions.data(), positions, T * sizeof(int32_t),
-                               cudaMemcpyHostToDevice, s));
-    CUDA_CHECK(cudaMemcpyAsync(d.table_offsets.data(), offsets, T * sizeof(int64_t),
-                               cudaMemcpyHostToDevice, s));
-    CUDA_CHECK(cudaMemcpyAsync(d.block_tables.data(), tables, table_size * sizeof(int32_t),
-                               cudaMemcpyHostToDevice, s));
-    if (is_first()) {
-      std::memcpy(d.h_tokens.data(), tokens.data(), tokens.size_bytes());
-    } else {
-      std::memcpy(d.h_hidden.data(), hidden.data(), hidden.size_bytes());
+    CUDA_CHECK(cudaMemcpyAsync(d.sampling_params.data(), params,
+                               S * sizeof(cuda::DeviceSamplingParams), cudaMemcpyHostToDevice, s));
+    if (penalty_count > 0) {
+      std::memcpy(d.h_penalty_tokens.data(), d.penalty_tokens_scratch.data(),
+                  penalty_count * sizeof(int32_t));
+      std::memcpy(d.h_penalty_counts.data(), d.penalty_counts_scratch.data(),
+                  penalty_count * sizeof(int32_t));
+      std::memcpy(d.h_penalty_in_prompt.data(), d.penalty_in_prompt_scratch.data(),
+                  penalty_count);
+      CUDA_CHECK(cudaMemcpyAsync(d.penalty_tokens.data(), d.h_penalty_tokens.data(),
+                                 penalty_count * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+      CUDA_CHECK(cudaMemcpyAsync(d.penalty_counts.data(), d.h_penalty_counts.data(),
+                                 penalty_count * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+      CUDA_CHECK(cudaMemcpyAsync(d.penalty_in_prompt.data(), d.h_penalty_in_prompt.data(),
+                                 penalty_count, cudaMemcpyHostToDevice, s));
     }
-    if (graph) {
-      cudaGraphExec_t& exec = d.graphs[static_cast<size_t>(T)];
-      if (exec == nullptr) {
-        cudaGraph_t captured = nullptr;
-        CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        try {
-          EnqueueStep(T, S, last_rows);
-        } catch (const cuda::CudaError&) {
-          cudaStreamEndCapture(s, &captured);
-          if (captured != nullptr) cudaGraphDestroy(captured);
-          throw;
-        }
-        CUDA_CHECK(cudaStreamEndCapture(s, &captured));
-        const cudaError_t st = cudaGraphInstantiate(&exec, captured, 0);
-        cudaGraphDestroy(captured);
-        CUDA_CHECK(st);
-      }
-      CUDA_CHECK(cudaGraphLaunch(exec, s));
-    } else {
-      EnqueueStep(T, S, last_rows);
-    }
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    const size_t out_floats = static_cast<size_t>(is_last() ? S * spec_.vocab_size : T * spec_.hidden_size);
-    return std::span<const float>(d.h_out.As<float>(), out_floats);
+    RunStep(T, S, /*sample=*/true);
   } catch (const cuda::CudaError& e) {
     return absl::InternalError(absl::StrCat("CUDA device ", d.index, ": ", e.what()));
   }
+  const auto* got = d.h_sampled.As<cuda::DeviceSampled>();
+  d.sampled_tokens.assign(seqs.size(), SampledToken{.token = -1, .logprob = 0.0f});
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (samplers[i] == nullptr) continue;
+    d.sampled_tokens[i] = {.token = got[i].token, .logprob = got[i].logprob};
+    samplers[i]->Record(got[i].token);
+  }
+  return std::span<const SampledToken>(d.sampled_tokens);
 }
 
 // Enqueues the whole step on the device stream, after the metadata copies:
 // the inputs from pinned memory, every layer, the head on the last stage,
 // and the output into pinned memory.
-void CudaStageExecutor::EnqueueStep(int64_t T, int64_t S, std::span<const int64_t> last_rows) {
+void CudaStageExecutor::EnqueueStep(int64_t T, int64_t S, std::span<const int64_t> last_rows,
+                                    bool sample) {
   Device& d = *dev_;
   cudaStream_t s = d.stream;
   const int64_t H = spec_.hidden_size;
@@ -339,8 +477,19 @@ void CudaStageExecutor::EnqueueStep(int64_t T, int64_t S, std::span<const int64_
   }
   cuda::RmsNorm(last, d.w.final_norm, static_cast<float>(spec_.rms_norm_eps), S, H, last, s);
   cuda::MatMul(d.gemm, last, S, View(d.w.lm_head), nullptr, d.logits.As<float>(), s);
-  CUDA_CHECK(cudaMemcpyAsync(out, d.logits.data(), S * spec_.vocab_size * sizeof(float),
-                             cudaMemcpyDeviceToHost, s));
+  if (!sample) {
+    CUDA_CHECK(cudaMemcpyAsync(out, d.logits.data(), S * spec_.vocab_size * sizeof(float),
+                               cudaMemcpyDeviceToHost, s));
+    return;
+  }
+  cuda::SampleTokens(d.logits.As<float>(), S, spec_.vocab_size,
+                     d.sampling_params.As<cuda::DeviceSamplingParams>(),
+                     {.tokens = d.penalty_tokens.As<int32_t>(),
+                      .output_counts = d.penalty_counts.As<int32_t>(),
+                      .in_prompt = d.penalty_in_prompt.As<uint8_t>()},
+                     d.raw_logits.As<float>(), d.sampled.As<cuda::DeviceSampled>(), s);
+  CUDA_CHECK(cudaMemcpyAsync(d.h_sampled.data(), d.sampled.data(),
+                             S * sizeof(cuda::DeviceSampled), cudaMemcpyDeviceToHost, s));
 }
 
 // Every layer of the stage on the device stream. Each residual add is fused

@@ -38,6 +38,12 @@ class CudaStageExecutor final : public Stage {
   StatusOr<std::span<const float>> Forward(std::span<const SequenceStep> seqs,
                                            std::span<const int32_t> tokens,
                                            std::span<const float> hidden) override;
+  // Samples on the GPU (kernels/cuda/sampling.h) from each sampler's
+  // parameters, draw and penalty tokens; only the sampled ids and logprobs
+  // are copied back. Decode steps replay their own captured graphs.
+  StatusOr<std::span<const SampledToken>> ForwardAndSample(
+      std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
+      std::span<const float> hidden, std::span<SequenceSampler* const> samplers) override;
   void Release(uint64_t seq_id) override { kv_.Release(seq_id); }
 
   const ModelSpec& spec() const override { return spec_; }
@@ -53,13 +59,22 @@ class CudaStageExecutor final : public Stage {
   struct Device;
   CudaStageExecutor(const ModelSpec& spec, const StageOptions& options, PagedKvCache kv,
                     std::unique_ptr<Device> device);
-  void EnqueueStep(int64_t T, int64_t S, std::span<const int64_t> last_rows);
+  // Checks the step, reserves its KV blocks and fills the pinned metadata
+  // (positions, block tables, last rows, inputs); returns the token count.
+  StatusOr<int64_t> PrepareStep(std::span<const SequenceStep> seqs,
+                                std::span<const int32_t> tokens, std::span<const float> hidden);
+  // Copies the metadata, runs the step (from a captured graph where one
+  // applies) and waits for it. sample: the last stage samples into
+  // h_sampled instead of copying the logits into h_out.
+  void RunStep(int64_t T, int64_t S, bool sample);
+  void EnqueueStep(int64_t T, int64_t S, std::span<const int64_t> last_rows, bool sample);
   void RunLayers(int64_t T);
 
   ModelSpec spec_;
   StageOptions options_;
   PagedKvCache kv_;
   std::unique_ptr<Device> dev_;
+  int64_t table_entries_ = 0;  // block-table entries of the prepared step
 };
 
 }  // namespace tandem

@@ -50,20 +50,36 @@ Status LocalPipeline::PassHidden(std::span<const float> hidden, int64_t tokens) 
   return DecodeTensor(frame, dest);
 }
 
-StatusOr<std::span<const float>> LocalPipeline::Step(std::span<const SequenceStep> seqs,
-                                                     std::span<const int32_t> tokens) {
+StatusOr<std::span<const float>> LocalPipeline::RunBeforeLast(std::span<const SequenceStep> seqs,
+                                                              std::span<const int32_t> tokens) {
+  if (stages_.empty()) return absl::InternalError("pipeline without stages");
   int64_t total = 0;
   for (const SequenceStep& s : seqs) total += s.count;
   std::span<const float> hidden;
-  for (size_t i = 0; i < stages_.size(); ++i) {
+  for (size_t i = 0; i + 1 < stages_.size(); ++i) {
     std::span<const int32_t> stage_tokens = i == 0 ? tokens : std::span<const int32_t>();
     ASSIGN_OR_RETURN(std::span<const float> out,
                      stages_[i]->Forward(seqs, stage_tokens, hidden));
-    if (i + 1 == stages_.size()) return out;
     RETURN_IF_ERROR(PassHidden(out, total));
     hidden = std::span<const float>(received_.As<float>(), out.size());
   }
-  return absl::InternalError("pipeline without stages");
+  return hidden;
+}
+
+StatusOr<std::span<const float>> LocalPipeline::Step(std::span<const SequenceStep> seqs,
+                                                     std::span<const int32_t> tokens) {
+  ASSIGN_OR_RETURN(std::span<const float> hidden, RunBeforeLast(seqs, tokens));
+  const bool alone = stages_.size() == 1;
+  return stages_.back()->Forward(seqs, alone ? tokens : std::span<const int32_t>(), hidden);
+}
+
+StatusOr<std::span<const SampledToken>> LocalPipeline::StepAndSample(
+    std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
+    std::span<SequenceSampler* const> samplers) {
+  ASSIGN_OR_RETURN(std::span<const float> hidden, RunBeforeLast(seqs, tokens));
+  const bool alone = stages_.size() == 1;
+  return stages_.back()->ForwardAndSample(seqs, alone ? tokens : std::span<const int32_t>(),
+                                          hidden, samplers);
 }
 
 void LocalPipeline::Release(uint64_t seq_id) {

@@ -36,6 +36,13 @@ class LocalPipeline {
   // of each sequence's last token, valid until the next call.
   StatusOr<std::span<const float>> Step(std::span<const SequenceStep> seqs,
                                         std::span<const int32_t> tokens);
+  // As Step, with the last stage sampling one token for each sequence i
+  // whose samplers[i] is set (Stage::ForwardAndSample): on a GPU only the
+  // sampled ids come back. Returns [seqs.size()] entries (token -1 where
+  // there is no sampler), valid until the next call.
+  StatusOr<std::span<const SampledToken>> StepAndSample(std::span<const SequenceStep> seqs,
+                                                        std::span<const int32_t> tokens,
+                                                        std::span<SequenceSampler* const> samplers);
   void Release(uint64_t seq_id);
 
   const ModelSpec& spec() const { return spec_; }
@@ -50,6 +57,10 @@ class LocalPipeline {
 
  private:
   LocalPipeline() = default;
+  // Runs every stage before the last; returns the last stage's input
+  // hidden states (empty with one stage, whose input is the tokens).
+  StatusOr<std::span<const float>> RunBeforeLast(std::span<const SequenceStep> seqs,
+                                                 std::span<const int32_t> tokens);
   // Sends `hidden` [T, hidden] through the frame codec into `received_`.
   Status PassHidden(std::span<const float> hidden, int64_t tokens);
 

@@ -41,6 +41,32 @@ void SequenceSampler::SetPrompt(std::span<const int32_t> prompt) {
   prompt_tokens_.insert(prompt.begin(), prompt.end());
 }
 
+double SequenceSampler::Draw() {
+  if (params_.temperature == 0.0f) return 0.0;
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
+
+void SequenceSampler::AppendPenaltyTokens(std::vector<int32_t>* tokens,
+                                          std::vector<int32_t>* output_counts,
+                                          std::vector<uint8_t>* in_prompt) const {
+  if (params_.repetition_penalty == 1.0f && params_.presence_penalty == 0.0f &&
+      params_.frequency_penalty == 0.0f) {
+    return;
+  }
+  for (int32_t t : prompt_tokens_) {
+    auto it = output_counts_.find(t);
+    tokens->push_back(t);
+    output_counts->push_back(it == output_counts_.end() ? 0 : it->second);
+    in_prompt->push_back(1);
+  }
+  for (const auto& [t, count] : output_counts_) {
+    if (prompt_tokens_.contains(t)) continue;
+    tokens->push_back(t);
+    output_counts->push_back(count);
+    in_prompt->push_back(0);
+  }
+}
+
 void SequenceSampler::ApplyPenalties(std::span<float> logits) const {
   auto in_vocab = [&](int32_t t) { return t >= 0 && t < vocab_size_; };
   if (params_.repetition_penalty != 1.0f) {
@@ -73,7 +99,7 @@ SampledToken SequenceSampler::Sample(std::span<float> logits) {
   for (float l : logits) raw_sum += std::exp(static_cast<double>(l - raw_max));
   const float raw_log_z = raw_max + static_cast<float>(std::log(raw_sum));
   auto finish = [&](int32_t token, float raw_logit) {
-    ++output_counts_[token];
+    Record(token);
     return SampledToken{.token = token, .logprob = raw_logit - raw_log_z};
   };
   // Keep the raw logits of candidates: penalties change `logits` in place.
@@ -136,7 +162,7 @@ SampledToken SequenceSampler::Sample(std::span<float> logits) {
     }
     total = kept;
   }
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
+  const double u = Draw() * total;
   double cumulative = 0.0;
   size_t chosen = 0;
   for (size_t i = 0; i < count; ++i) {

@@ -51,6 +51,19 @@ class SequenceSampler {
   // penalties and temperature are applied to it) and records it as output.
   SampledToken Sample(std::span<float> logits);
 
+  // For sampling done elsewhere (on a GPU) with this sampler's state, so
+  // that a seed gives the same tokens as Sample would:
+  // - Draw() advances the generator as Sample does (once when temperature
+  //   > 0, not at all when greedy) and returns the draw in [0, 1);
+  // - AppendPenaltyTokens appends, when a penalty is on, every distinct
+  //   token of the prompt and the output so far with its output count and
+  //   whether the prompt holds it (nothing when every penalty is off);
+  // - Record(token) counts the token chosen as output.
+  double Draw();
+  void AppendPenaltyTokens(std::vector<int32_t>* tokens, std::vector<int32_t>* output_counts,
+                           std::vector<uint8_t>* in_prompt) const;
+  void Record(int32_t token) { ++output_counts_[token]; }
+
   const SamplingParams& params() const { return params_; }
 
  private:

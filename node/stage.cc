@@ -1,5 +1,7 @@
 #include "node/stage.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "node/stage_executor.h"
 #ifdef TANDEM_HAVE_CUDA
@@ -70,6 +72,32 @@ Status ValidateStageStep(const ModelSpec& spec, const StageOptions& options,
         total, " x ", spec.hidden_size, " floats (got ", hidden.size(), ") and no token ids"));
   }
   return absl::OkStatus();
+}
+
+Status Stage::ValidateSamplers(std::span<const SequenceStep> seqs,
+                               std::span<SequenceSampler* const> samplers) const {
+  if (!is_last()) return absl::FailedPreconditionError("only the last stage samples tokens");
+  if (samplers.size() != seqs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("a step of ", seqs.size(), " sequences has ",
+                                                   samplers.size(), " sampler entries"));
+  }
+  return absl::OkStatus();
+}
+
+StatusOr<std::span<const SampledToken>> Stage::ForwardAndSample(
+    std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
+    std::span<const float> hidden, std::span<SequenceSampler* const> samplers) {
+  RETURN_IF_ERROR(ValidateSamplers(seqs, samplers));
+  ASSIGN_OR_RETURN(std::span<const float> logits, Forward(seqs, tokens, hidden));
+  const size_t vocab = static_cast<size_t>(spec().vocab_size);
+  sample_row_.resize(vocab);
+  sampled_.assign(seqs.size(), SampledToken{.token = -1, .logprob = 0.0f});
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (samplers[i] == nullptr) continue;
+    std::copy_n(logits.begin() + static_cast<ptrdiff_t>(i * vocab), vocab, sample_row_.begin());
+    sampled_[i] = samplers[i]->Sample(sample_row_);
+  }
+  return std::span<const SampledToken>(sampled_);
 }
 
 StatusOr<std::unique_ptr<Stage>> CreateStage(const ModelSpec& spec,

@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "kernels/cpu/ops.h"
@@ -15,6 +16,7 @@
 #include "model/model_spec.h"
 #include "node/model_weights.h"
 #include "node/paged_kv_cache.h"
+#include "node/sampler.h"
 
 namespace tandem {
 
@@ -62,6 +64,16 @@ class Stage {
   virtual StatusOr<std::span<const float>> Forward(std::span<const SequenceStep> seqs,
                                                    std::span<const int32_t> tokens,
                                                    std::span<const float> hidden) = 0;
+  // Last stage only: Forward, then one token for each sequence i whose
+  // samplers[i] is set, chosen by that sampler's rules and state, which it
+  // advances as SequenceSampler::Sample does (samplers.size() ==
+  // seqs.size()). Returns [seqs.size()] entries, valid until the next call;
+  // an entry without a sampler has token -1. The CPU stage samples on the
+  // host from Forward's logits; the CUDA stage samples on the GPU, so only
+  // the sampled ids and logprobs leave the device.
+  virtual StatusOr<std::span<const SampledToken>> ForwardAndSample(
+      std::span<const SequenceStep> seqs, std::span<const int32_t> tokens,
+      std::span<const float> hidden, std::span<SequenceSampler* const> samplers);
   // Frees the KV blocks of a finished sequence (unknown ids are ignored).
   virtual void Release(uint64_t seq_id) = 0;
 
@@ -80,6 +92,16 @@ class Stage {
   bool is_last() const { return options().range.last(spec()); }
   // Width of one output row: hidden_size, or vocab_size on the last stage.
   int64_t output_width() const { return is_last() ? spec().vocab_size : spec().hidden_size; }
+
+ protected:
+  // What ForwardAndSample must refuse before it runs: a stage that is not
+  // the last, or a sampler count that differs from the sequence count.
+  Status ValidateSamplers(std::span<const SequenceStep> seqs,
+                          std::span<SequenceSampler* const> samplers) const;
+
+ private:
+  std::vector<float> sample_row_;      // [vocab_size]: one row of logits, host sampling
+  std::vector<SampledToken> sampled_;  // [seqs]: ForwardAndSample's result
 };
 
 // The model's rotary embedding, as the kernels take it.

@@ -38,7 +38,6 @@ StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(
 StageRuntime::StageRuntime(std::unique_ptr<Stage> executor,
                            std::unique_ptr<NextStageLink> next)
     : executor_(std::move(executor)), next_(std::move(next)) {
-  logits_row_.resize(static_cast<size_t>(executor_->spec().vocab_size));
   kv_free_blocks_ = executor_->kv_cache().free_blocks();
   compute_ = std::thread([this] { ComputeLoop(); });
 }
@@ -154,16 +153,15 @@ void StageRuntime::RunStep(StepInput& input) {
   for (uint32_t t : b.token_ids()) tokens_.push_back(static_cast<int32_t>(t));
 
   auto t0 = std::chrono::steady_clock::now();
-  auto out = executor_->Forward(steps_, executor_->is_first() ? std::span<const int32_t>(tokens_)
-                                                              : std::span<const int32_t>(),
-                                input.hidden);
-  if (!out.ok()) {
-    input.reply(StepError(b, std::string(out.status().message())));
-    return;
-  }
-  kv_free_blocks_ = executor_->kv_cache().free_blocks();
-
+  const std::span<const int32_t> first_tokens =
+      executor_->is_first() ? std::span<const int32_t>(tokens_) : std::span<const int32_t>();
   if (!executor_->is_last()) {
+    auto out = executor_->Forward(steps_, first_tokens, input.hidden);
+    if (!out.ok()) {
+      input.reply(StepError(b, std::string(out.status().message())));
+      return;
+    }
+    kv_free_blocks_ = executor_->kv_cache().free_blocks();
     std::vector<float> hidden(out->begin(), out->end());
     compute_ms_ = compute_ms_.load() + std::chrono::duration<double, std::milli>(
                                            std::chrono::steady_clock::now() - t0).count();
@@ -175,11 +173,13 @@ void StageRuntime::RunStep(StepInput& input) {
     return;
   }
 
-  // Last stage: sample the sequences that asked for it.
-  v1::StepResult result;
-  result.set_step_id(b.step_id());
-  result.set_micro_batch_id(b.micro_batch_id());
+  // Last stage: every sequence's sampler records its tokens of the step
+  // (the repetition penalty counts the prompt); the sequences that asked for
+  // a token are sampled by the stage, on its device. Parameters are checked
+  // before the step runs, so a bad one leaves the KV cache as it was; a step
+  // that fails fails its sequences, which the coordinator then releases.
   const int vocab = executor_->spec().vocab_size;
+  step_samplers_.clear();
   size_t row_token = 0;
   for (int i = 0; i < b.sequences_size(); ++i) {
     const v1::SequenceSlice& s = b.sequences(i);
@@ -195,11 +195,22 @@ void StageRuntime::RunStep(StepInput& input) {
     }
     sampler->SetPrompt(std::span<const int32_t>(tokens_).subspan(row_token, s.token_count()));
     row_token += s.token_count();
-    if (!s.sample()) continue;
-    std::copy_n(out->begin() + static_cast<ptrdiff_t>(i) * vocab, vocab, logits_row_.begin());
-    SampledToken t = sampler->Sample(logits_row_);
+    step_samplers_.push_back(s.sample() ? sampler.get() : nullptr);
+  }
+  auto sampled = executor_->ForwardAndSample(steps_, first_tokens, input.hidden, step_samplers_);
+  if (!sampled.ok()) {
+    input.reply(StepError(b, std::string(sampled.status().message())));
+    return;
+  }
+  kv_free_blocks_ = executor_->kv_cache().free_blocks();
+  v1::StepResult result;
+  result.set_step_id(b.step_id());
+  result.set_micro_batch_id(b.micro_batch_id());
+  for (int i = 0; i < b.sequences_size(); ++i) {
+    if (step_samplers_[static_cast<size_t>(i)] == nullptr) continue;
+    const SampledToken& t = (*sampled)[static_cast<size_t>(i)];
     v1::TokenResult* r = result.add_tokens();
-    r->set_sequence_id(s.sequence_id());
+    r->set_sequence_id(b.sequences(i).sequence_id());
     r->set_token_id(static_cast<uint32_t>(t.token));
     r->set_logprob(t.logprob);
   }

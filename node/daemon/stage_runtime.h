@@ -77,7 +77,9 @@ class StageRuntime {
   std::unordered_map<uint64_t, std::unique_ptr<SequenceSampler>> samplers_;
   std::vector<SequenceStep> steps_;  // scratch
   std::vector<int32_t> tokens_;      // scratch
-  std::vector<float> logits_row_;    // [vocab] scratch
+  // Last stage, per sequence of the step: its sampler, or null when it
+  // asked for no token (a prefill chunk before the last).
+  std::vector<SequenceSampler*> step_samplers_;
 
   mutable std::mutex mutex_;
   std::condition_variable cv_;

@@ -1,6 +1,7 @@
 // The GPU stage against the CPU stage on generated tiny models: the same
 // logits for decode steps and prefill chunks, a mixed batch, a split across
-// two stages, quantized weights, and bad input refused. Skips without a GPU.
+// two stages, quantized weights, sampling on the GPU, and bad input refused.
+// Skips without a GPU.
 #include "node/cuda_stage_executor.h"
 
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,6 +21,7 @@
 #include "kernels/cuda/device_info.h"
 #include "model/checkpoint.h"
 #include "model/model_spec.h"
+#include "node/sampler.h"
 #include "node/stage_executor.h"
 #include "tests/node/stage_test_models.h"
 
@@ -198,6 +201,71 @@ TEST(CudaStageExecutorTest, GraphReplayEqualsDirectLaunches) {
     ASSERT_TRUE(w.ok()) << w.status();
     ASSERT_EQ(got.size(), w->size());
     EXPECT_EQ(std::memcmp(got.data(), w->data(), got.size() * sizeof(float)), 0) << "step " << step;
+  }
+}
+
+// Sampling on the GPU gives the CPU stage's tokens: three sequences (greedy,
+// seeded top-p, seeded top-k with penalties) prefill, one of them without a
+// token, then decode together, with and without captured graphs; each step
+// feeds both stages the CPU's tokens.
+TEST(CudaStageExecutorTest, SamplingOnTheGpuMatchesTheCpuStage) {
+  REQUIRE_GPU();
+  Loaded m = Load(MakeModel("llama-sample", "--preset tiny-llama --dtype f32 --seed 30"));
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const int vocab = m.spec.vocab_size;
+  const std::vector<SamplingParams> params = {
+      {.temperature = 0.0f},
+      {.temperature = 0.8f, .top_p = 0.9f, .seed = seed},
+      {.temperature = 1.0f, .top_k = 20, .repetition_penalty = 1.3f, .presence_penalty = 0.4f,
+       .frequency_penalty = 0.5f, .seed = seed + 1}};
+  for (bool graphs : {true, false}) {
+    SCOPED_TRACE(graphs ? "graphs" : "direct launches");
+    StageOptions options = Options(m.spec);
+    options.cuda_graphs = graphs;
+    auto cpu = StageExecutor::Create(m.spec, m.checkpoint, options);
+    auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, 0);
+    ASSERT_TRUE(cpu.ok() && gpu.ok());
+    std::vector<std::unique_ptr<SequenceSampler>> on_cpu, on_gpu;
+    std::vector<SequenceStep> steps;
+    std::vector<int32_t> tokens;
+    for (size_t i = 0; i < params.size(); ++i) {
+      on_cpu.push_back(std::make_unique<SequenceSampler>(params[i], vocab));
+      on_gpu.push_back(std::make_unique<SequenceSampler>(params[i], vocab));
+      const std::vector<int32_t> prompt = RandomTokens(4 + static_cast<int>(i), vocab);
+      on_cpu.back()->SetPrompt(prompt);
+      on_gpu.back()->SetPrompt(prompt);
+      steps.push_back({.seq_id = 20 + i, .start = 0, .count = static_cast<int64_t>(prompt.size())});
+      tokens.insert(tokens.end(), prompt.begin(), prompt.end());
+    }
+    std::vector<SequenceSampler*> cpu_samplers = {on_cpu[0].get(), nullptr, on_cpu[2].get()};
+    std::vector<SequenceSampler*> gpu_samplers = {on_gpu[0].get(), nullptr, on_gpu[2].get()};
+    for (int step = 0; step < 10; ++step) {
+      auto want = (*cpu)->ForwardAndSample(steps, tokens, {}, cpu_samplers);
+      ASSERT_TRUE(want.ok()) << want.status();
+      const std::vector<SampledToken> expected(want->begin(), want->end());
+      auto got = (*gpu)->ForwardAndSample(steps, tokens, {}, gpu_samplers);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(got->size(), expected.size());
+      std::vector<int32_t> next;
+      for (size_t i = 0; i < steps.size(); ++i) {
+        EXPECT_EQ((*got)[i].token, expected[i].token) << "step " << step << " sequence " << i;
+        if (expected[i].token >= 0) {
+          EXPECT_NEAR((*got)[i].logprob, expected[i].logprob, 1e-3)
+              << "step " << step << " sequence " << i;
+        }
+        next.push_back(expected[i].token >= 0 ? expected[i].token : 1);
+      }
+      for (size_t i = 0; i < steps.size(); ++i) {
+        steps[i].start += steps[i].count;
+        steps[i].count = 1;
+        on_cpu[i]->SetPrompt({&next[i], 1});
+        on_gpu[i]->SetPrompt({&next[i], 1});
+      }
+      tokens = next;
+      cpu_samplers = {on_cpu[0].get(), on_cpu[1].get(), on_cpu[2].get()};
+      gpu_samplers = {on_gpu[0].get(), on_gpu[1].get(), on_gpu[2].get()};
+    }
   }
 }
 

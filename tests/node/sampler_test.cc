@@ -1,6 +1,7 @@
 #include "node/sampler.h"
 
 #include <cmath>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -125,6 +126,71 @@ TEST(SamplerTest, PresenceAndFrequencyPenaltiesApplyToOutputTokens) {
   l = {1.0f, 0.0f, 0.5f};
   sampler.Sample(l);
   EXPECT_FLOAT_EQ(l[0], 1.0f - 0.5f - 0.3f * 2);  // frequency counts every occurrence
+}
+
+// A sampler whose step is sampled elsewhere (Draw, then Record of the token
+// chosen) stays in step with one that samples itself: the same generator
+// state and the same output counts, so the next Sample agrees.
+TEST(SamplerTest, DrawAndRecordKeepTheSamplerInStepWithSample) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  for (SamplingParams params : {SamplingParams{.temperature = 0.0f, .frequency_penalty = 1.5f},
+                                SamplingParams{.temperature = 0.9f, .top_k = 8},
+                                SamplingParams{.temperature = 1.1f, .frequency_penalty = 1.5f}}) {
+    params.seed = seed;
+    SequenceSampler self(params, 64), elsewhere(params, 64);
+    for (int step = 0; step < 20; ++step) {
+      const std::vector<float> logits = RandomLogits(64, rng);
+      std::vector<float> a = logits;
+      const SampledToken t = self.Sample(a);
+      if (step % 2 == 0) {
+        // This step's choice was made elsewhere, from the same draw.
+        const double u = elsewhere.Draw();
+        if (params.temperature == 0.0f) {
+          EXPECT_EQ(u, 0.0);
+        } else {
+          EXPECT_GE(u, 0.0);
+          EXPECT_LT(u, 1.0);
+        }
+        elsewhere.Record(t.token);
+      } else {
+        std::vector<float> b = logits;
+        EXPECT_EQ(elsewhere.Sample(b).token, t.token) << "step " << step;
+      }
+    }
+  }
+}
+
+TEST(SamplerTest, PenaltyTokensListThePromptAndTheOutputOnce) {
+  SequenceSampler plain({.temperature = 0.0f}, 10);
+  plain.SetPrompt(std::vector<int32_t>{1, 2});
+  std::vector<int32_t> tokens, counts;
+  std::vector<uint8_t> in_prompt;
+  plain.AppendPenaltyTokens(&tokens, &counts, &in_prompt);
+  EXPECT_TRUE(tokens.empty()) << "no penalty is on";
+
+  SequenceSampler s({.temperature = 0.0f, .repetition_penalty = 1.2f}, 10);
+  s.SetPrompt(std::vector<int32_t>{4, 2, 4, 7});
+  s.Record(7);
+  s.Record(9);
+  s.Record(9);
+  tokens = {99};  // appended after what is there
+  counts = {99};
+  in_prompt = {99};
+  s.AppendPenaltyTokens(&tokens, &counts, &in_prompt);
+  ASSERT_EQ(tokens.size(), 5u);
+  ASSERT_EQ(counts.size(), 5u);
+  ASSERT_EQ(in_prompt.size(), 5u);
+  EXPECT_EQ(tokens[0], 99);
+  std::map<int32_t, std::pair<int32_t, uint8_t>> got;
+  for (size_t i = 1; i < tokens.size(); ++i) {
+    EXPECT_TRUE(got.emplace(tokens[i], std::make_pair(counts[i], in_prompt[i])).second)
+        << "token " << tokens[i] << " listed twice";
+  }
+  const std::map<int32_t, std::pair<int32_t, uint8_t>> want = {
+      {2, {0, 1}}, {4, {0, 1}}, {7, {1, 1}}, {9, {2, 0}}};
+  EXPECT_EQ(got, want);
 }
 
 TEST(SamplerTest, ValidationRejectsOutOfRangeParameters) {

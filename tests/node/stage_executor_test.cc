@@ -212,6 +212,102 @@ TEST(StageExecutorTest, BadInputIsAnErrorAndTheStageLivesOn) {
   EXPECT_TRUE(p->Step({&s, 1}, ok_tokens).ok());
 }
 
+// The last stage samples each sequence that has a sampler with that
+// sampler's rules and state: the tokens and logprobs of Forward's logits fed
+// to twin samplers, over a batch with a prefill chunk and decode steps.
+TEST(StageExecutorTest, ForwardAndSampleEqualsForwardThenSample) {
+  fs::path model = MakeModel("sample", "--preset tiny-llama --dtype f32 --seed 16");
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  auto with_samples = Pipeline(model, Options(2, 1, 16));
+  auto with_logits = Pipeline(model, Options(2, 1, 16));
+  ASSERT_TRUE(with_samples && with_logits);
+  const int vocab = with_samples->spec().vocab_size;
+  const std::vector<SamplingParams> params = {
+      {.temperature = 0.0f},
+      {.temperature = 0.8f, .top_p = 0.9f, .seed = seed},
+      {.temperature = 1.0f, .top_k = 5, .repetition_penalty = 1.3f, .frequency_penalty = 0.5f,
+       .seed = seed + 1}};
+  std::vector<std::unique_ptr<SequenceSampler>> a, b;
+  std::vector<SequenceStep> steps;
+  std::vector<int32_t> tokens;
+  for (size_t i = 0; i < params.size(); ++i) {
+    a.push_back(std::make_unique<SequenceSampler>(params[i], vocab));
+    b.push_back(std::make_unique<SequenceSampler>(params[i], vocab));
+    const std::vector<int32_t> prompt = RandomTokens(3 + static_cast<int>(i), vocab);
+    a.back()->SetPrompt(prompt);
+    b.back()->SetPrompt(prompt);
+    steps.push_back({.seq_id = 10 + i, .start = 0, .count = static_cast<int64_t>(prompt.size())});
+    tokens.insert(tokens.end(), prompt.begin(), prompt.end());
+  }
+  // Sequence 1 gets no token in the first step (a prefill chunk before its
+  // last); the others do.
+  std::vector<SequenceSampler*> samplers_a = {a[0].get(), nullptr, a[2].get()};
+  for (int step = 0; step < 6; ++step) {
+    auto sampled = with_samples->StepAndSample(steps, tokens, samplers_a);
+    ASSERT_TRUE(sampled.ok()) << sampled.status();
+    auto logits = with_logits->Step(steps, tokens);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_EQ(sampled->size(), steps.size());
+    std::vector<int32_t> next;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      if (samplers_a[i] == nullptr) {
+        EXPECT_EQ((*sampled)[i].token, -1);
+        next.push_back(1);  // its next prompt token, fed in the next step
+        continue;
+      }
+      std::vector<float> row(logits->begin() + static_cast<ptrdiff_t>(i) * vocab,
+                             logits->begin() + static_cast<ptrdiff_t>(i + 1) * vocab);
+      const SampledToken want = b[i]->Sample(row);
+      EXPECT_EQ((*sampled)[i].token, want.token) << "step " << step << " sequence " << i;
+      EXPECT_EQ((*sampled)[i].logprob, want.logprob) << "step " << step << " sequence " << i;
+      next.push_back((*sampled)[i].token);
+    }
+    for (size_t i = 0; i < steps.size(); ++i) {
+      steps[i].start += steps[i].count;
+      steps[i].count = 1;
+      a[i]->SetPrompt({&next[i], 1});
+      b[i]->SetPrompt({&next[i], 1});
+    }
+    tokens = next;
+    samplers_a = {a[0].get(), a[1].get(), a[2].get()};
+  }
+}
+
+TEST(StageExecutorTest, OnlyTheLastStageSamplesAndEverySequenceHasAnEntry) {
+  fs::path model = MakeModel("sample", "--preset tiny-llama --dtype f32 --seed 16");
+  ModelSpec spec = LoadModelSpec(model).value();
+  auto checkpoint = std::make_shared<const Checkpoint>(Checkpoint::Open(model).value());
+  auto first = StageExecutor::Create(
+      spec, checkpoint,
+      StageOptions{.range = {.layer_begin = 0, .layer_end = 2}, .threads = 2,
+                   .max_batch_tokens = 8, .max_batch_sequences = 2,
+                   .kv_budget_bytes = size_t{1} << 20});
+  ASSERT_TRUE(first.ok()) << first.status();
+  SequenceSampler sampler({}, spec.vocab_size);
+  SequenceSampler* const one[] = {&sampler};
+  SequenceStep s{.seq_id = 1, .start = 0, .count = 2};
+  std::vector<int32_t> tokens{1, 2};
+  auto refused = (*first)->ForwardAndSample({&s, 1}, tokens, {}, one);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+
+  auto whole = StageExecutor::Create(
+      spec, checkpoint,
+      StageOptions{.range = {.layer_begin = 0, .layer_end = spec.num_layers}, .threads = 2,
+                   .max_batch_tokens = 8, .max_batch_sequences = 2,
+                   .kv_budget_bytes = size_t{1} << 20});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  auto mismatched = (*whole)->ForwardAndSample({&s, 1}, tokens, {}, {});
+  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument)
+      << mismatched.status();
+  EXPECT_EQ((*whole)->kv_cache().free_blocks(), (*whole)->kv_cache().num_blocks())
+      << "a refused step must leave the KV cache as it was";
+  auto ok = (*whole)->ForwardAndSample({&s, 1}, tokens, {}, one);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_GE((*ok)[0].token, 0);
+  EXPECT_LT((*ok)[0].token, spec.vocab_size);
+}
+
 TEST(StageExecutorTest, LaterStageTakesHiddenStatesOfTheRightSize) {
   fs::path model = MakeModel("later", "--preset tiny-llama --dtype f32 --seed 15");
   ModelSpec spec = LoadModelSpec(model).value();
