@@ -96,7 +96,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
     probe_pool.emplace(f.threads);
     threads = probe_pool->size();
     probe.emplace(*probe_pool);
-    roofline_gbps = probe->Measure(9);
+    roofline_gbps = probe->Measure(3);
     peak_gflops = cpu::MeasurePeakGflops(*probe_pool);
     simd = cpu::SimdTargetName();
   } else {
@@ -199,7 +199,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
   std::vector<double> round_rooflines, round_fractions;
   for (int r = 0, done = 0; r < f.rounds; ++r) {
     const int n = static_cast<int>(int64_t{f.gen} * (r + 1) / f.rounds) - done;
-    const double roofline = probe ? probe->Measure(3) : roofline_gbps;
+    const double roofline = probe ? probe->Measure(1) : roofline_gbps;
     t0 = Clock::now();
     for (int i = 0; i < n; ++i, ++done) RETURN_IF_ERROR(decode_step(f.prompt + 1 + done));
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();

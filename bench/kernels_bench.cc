@@ -164,7 +164,7 @@ PairedRounds TimePairedRounds(cpu::BandwidthProbe& probe, int rounds, int64_t ca
                               double bytes_per_call, Fn&& call) {
   PairedRounds out;
   for (int r = 0; r < rounds; ++r) {
-    const double round_bandwidth = probe.Measure(2);
+    const double round_bandwidth = probe.Measure(1);
     double round_s = 0;
     for (int64_t i = 0; i < calls; ++i) {
       const auto start = std::chrono::steady_clock::now();
@@ -245,7 +245,7 @@ int RunKernels(const KernelsFlags& f) {
 
   cpu::ThreadPool pool(f.threads);
   cpu::BandwidthProbe probe(pool);
-  const double bandwidth = probe.Measure(9);
+  const double bandwidth = probe.Measure(3);
   const double peak = cpu::MeasurePeakGflops(pool);
   nlohmann::json out = {{"simd", cpu::SimdTargetName()},
                         {"threads", pool.size()},

@@ -32,8 +32,10 @@ inline constexpr int64_t kDequantizingDecodeMaxTokens = 8;
 // stays in L1 while every token of the batch passes over it.
 inline constexpr int64_t kPanelDepth = 256;
 // How far ahead of its current position the decode path prefetches each row.
+// 1 KiB streams bf16 rows at 0.86-0.93 of the bandwidth probe where 2 KiB
+// gave 0.62-0.96 (tandem-bench kernels, paired rounds on this 2-core VM).
 #ifndef TANDEM_PREFETCH_BYTES
-#define TANDEM_PREFETCH_BYTES 2048
+#define TANDEM_PREFETCH_BYTES 1024
 #endif
 inline constexpr int64_t kPrefetchBytes = TANDEM_PREFETCH_BYTES;
 

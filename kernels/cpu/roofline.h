@@ -32,23 +32,25 @@ class BandwidthProbe {
   // else rounded up to whole MiB.
   explicit BandwidthProbe(ThreadPool& pool, size_t bytes = 0);
 
-  // GB/s (1e9 bytes/s) of the best of `passes` reads of the whole buffer
-  // (each about 40 ms for 2 GiB at 50 GB/s), after one unmeasured pass that
-  // wakes the pool's threads.
+  // GB/s (1e9 bytes/s) of the best of `passes` rounds of reads of the
+  // whole buffer (each about 40 ms for 2 GiB at 50 GB/s), after one
+  // unmeasured read that wakes the pool's threads. A round reads it three
+  // times, each cache line software-prefetched 1, 2 or 4 KiB ahead: the
+  // distance that streams best differs between machines and moments.
   double Measure(int passes);
 
   // Bytes of the buffer (resident while the probe lives).
   size_t bytes() const { return buffer_.size(); }
 
  private:
-  double Pass();
+  double Pass(int64_t ahead_floats);
 
   ThreadPool& pool_;
   AlignedBuffer buffer_;
   std::vector<float> sink_;
 };
 
-// BandwidthProbe(pool).Measure(3).
+// BandwidthProbe(pool).Measure(1).
 double MeasureMemoryBandwidthGBps(ThreadPool& pool);
 
 // Peak f32 FMA throughput in GFLOP/s (1 FMA = 2 FLOP) using the widest SIMD
