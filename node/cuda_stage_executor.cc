@@ -67,6 +67,10 @@ struct CudaStageExecutor::Device {
   // offset; the block tables themselves (at most every block of the cache).
   cuda::DeviceBuffer tokens, positions, table_offsets, block_tables;
   cuda::PinnedBuffer h_tokens, h_positions, h_table_offsets, h_block_tables, h_hidden, h_out;
+  // Attention: the rows of prefill chunks go to the tiled kernel in tiles
+  // (at most one per row); the row kernel sees them at position -1.
+  cuda::DeviceBuffer attention_positions, tiles;
+  cuda::PinnedBuffer h_attention_positions, h_tiles;
   size_t activation_bytes = 0;
   cuda::GemmContext gemm;  // cublas + gemm_scratch, for every MatMul
   // Host scratch of Forward, [max_batch_sequences] each.
@@ -243,6 +247,10 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
     dev->table_offsets = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(int64_t));
     const size_t table_entries = static_cast<size_t>(std::max(kv.num_blocks(), 1));
     dev->block_tables = cuda::DeviceBuffer(table_entries * sizeof(int32_t));
+    dev->attention_positions = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
+    dev->h_attention_positions = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
+    dev->tiles = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(cuda::DeviceAttentionTile));
+    dev->h_tiles = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(cuda::DeviceAttentionTile));
     dev->h_tokens = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
     dev->h_positions = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
     dev->h_table_offsets = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(int64_t));
@@ -289,21 +297,32 @@ StatusOr<int64_t> CudaStageExecutor::PrepareStep(std::span<const SequenceStep> s
   RETURN_IF_ERROR(kv_.Reserve(std::span<const KvReservation>(d.reservations.data(), seqs.size())));
 
   int32_t* positions = d.h_positions.As<int32_t>();
+  int32_t* attention_positions = d.h_attention_positions.As<int32_t>();
   int64_t* offsets = d.h_table_offsets.As<int64_t>();
   int32_t* tables = d.h_block_tables.As<int32_t>();
-  int64_t row = 0, table_size = 0;
+  auto* tiles = d.h_tiles.As<cuda::DeviceAttentionTile>();
+  const bool tiled = spec_.head_dim <= cuda::kPrefillMaxHeadDim;
+  int64_t row = 0, table_size = 0, num_tiles = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     const std::span<const int32_t> table = kv_.BlockTable(seqs[i].seq_id);
     std::memcpy(tables + table_size, table.data(), table.size_bytes());
+    const bool chunk = tiled && seqs[i].count > 1;
     for (int64_t j = 0; j < seqs[i].count; ++j) {
       positions[row + j] = static_cast<int32_t>(seqs[i].start + j);
+      attention_positions[row + j] = chunk ? -1 : positions[row + j];
       offsets[row + j] = table_size;
+    }
+    for (int64_t j = 0; chunk && j < seqs[i].count; j += cuda::kPrefillTileRows) {
+      tiles[num_tiles++] = {.first_row = static_cast<int32_t>(row + j),
+                            .count = static_cast<int32_t>(std::min<int64_t>(
+                                cuda::kPrefillTileRows, seqs[i].count - j))};
     }
     table_size += static_cast<int64_t>(table.size());
     row += seqs[i].count;
     d.last_rows[i] = row - 1;
   }
   table_entries_ = table_size;
+  num_tiles_ = num_tiles;
   if (is_first()) {
     std::memcpy(d.h_tokens.data(), tokens.data(), tokens.size_bytes());
   } else {
@@ -327,6 +346,13 @@ void CudaStageExecutor::RunStep(int64_t T, int64_t S, bool sample) {
                              T * sizeof(int64_t), cudaMemcpyHostToDevice, s));
   CUDA_CHECK(cudaMemcpyAsync(d.block_tables.data(), d.h_block_tables.data(),
                              table_entries_ * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  CUDA_CHECK(cudaMemcpyAsync(d.attention_positions.data(), d.h_attention_positions.data(),
+                             T * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  if (num_tiles_ > 0) {
+    CUDA_CHECK(cudaMemcpyAsync(d.tiles.data(), d.h_tiles.data(),
+                               num_tiles_ * sizeof(cuda::DeviceAttentionTile),
+                               cudaMemcpyHostToDevice, s));
+  }
   if (graph) {
     cudaGraphExec_t& exec = (sample ? d.sampling_graphs : d.graphs)[static_cast<size_t>(T)];
     if (exec == nullptr) {
@@ -504,6 +530,10 @@ void CudaStageExecutor::RunLayers(int64_t T) {
                                        .table_offsets = d.table_offsets.As<int64_t>(),
                                        .block_tables = d.block_tables.As<int32_t>(),
                                        .rows = T};
+  // The row kernel attends decode rows (and every row where the tiled
+  // kernel does not apply); the tiled kernel the prefill chunks' rows.
+  cuda::DeviceAttentionRows attend_rows = rows;
+  attend_rows.positions = d.attention_positions.As<int32_t>();
   float* residual = d.residual.As<float>();
   float* normed = d.normed.As<float>();
   float* proj = d.proj.As<float>();
@@ -522,8 +552,11 @@ void CudaStageExecutor::RunLayers(int64_t T) {
     cuda::ApplyRope(d.inv_freq.As<double>(), spec_.head_dim, d.k.As<float>(), T,
                     spec_.num_kv_heads, rows.positions, s);
     cuda::WriteKv(d.kv_layers[l], d.k.As<float>(), d.v.As<float>(), rows, s);
-    cuda::PagedAttention(d.q.As<float>(), d.kv_layers[l], rows, spec_.num_heads, scale,
+    cuda::PagedAttention(d.q.As<float>(), d.kv_layers[l], attend_rows, spec_.num_heads, scale,
                          d.attn.As<float>(), s);
+    cuda::PagedPrefillAttention(d.q.As<float>(), d.kv_layers[l], rows,
+                                d.tiles.As<cuda::DeviceAttentionTile>(), num_tiles_,
+                                spec_.num_heads, scale, d.attn.As<float>(), s);
     cuda::MatMul(d.gemm, d.attn.As<float>(), T, View(w.o), nullptr, proj, s);
     cuda::AddRmsNorm(residual, proj, w.post_norm, eps, T, H, normed, s);
     cuda::MatMul(d.gemm, normed, T, View(w.gate), nullptr, d.gate.As<float>(), s);

@@ -75,6 +75,7 @@ class CudaStageExecutor final : public Stage {
   PagedKvCache kv_;
   std::unique_ptr<Device> dev_;
   int64_t table_entries_ = 0;  // block-table entries of the prepared step
+  int64_t num_tiles_ = 0;      // prefill attention tiles of the prepared step
 };
 
 }  // namespace tandem

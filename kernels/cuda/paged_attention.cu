@@ -101,7 +101,129 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+constexpr int kKvTile = 32;  // cached positions staged at once: one per lane
+constexpr int kPrefillWarps = kPrefillTileRows / 4;
+constexpr int kPrefillPerLane = kPrefillMaxHeadDim / 32;
+
+// One block per (tile, head); warp w owns rows 4w..4w+3 of the tile. For
+// each run of 32 cached positions: the block stages their keys and values
+// in shared memory, then each warp scores its rows against them (lane =
+// position, causal mask per row), updates each row's running maximum and
+// sum, and accumulates the values (lanes split head_dim).
+__global__ void __launch_bounds__(kPrefillWarps * 32)
+    PrefillAttentionKernel(const float* q, DevicePagedKv cache, DeviceAttentionRows rows,
+                           const DeviceAttentionTile* tiles, int num_heads, float scale,
+                           float* out) {
+  const DeviceAttentionTile tile = tiles[blockIdx.x];
+  const int h = blockIdx.y;
+  const int d = cache.head_dim;
+  const int kvh = h / (num_heads / cache.num_kv_heads);
+  const int64_t width = static_cast<int64_t>(cache.num_kv_heads) * d;
+  const int32_t first_pos = rows.positions[tile.first_row];
+  const int32_t last_pos = first_pos + tile.count - 1;
+  const int32_t* table = rows.block_tables + rows.table_offsets[tile.first_row];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  __shared__ float sq[kPrefillTileRows][kPrefillMaxHeadDim];
+  __shared__ float sk[kKvTile][kPrefillMaxHeadDim + 1];  // +1: lanes read a column
+  __shared__ float sv[kKvTile][kPrefillMaxHeadDim];
+  for (int i = threadIdx.x; i < kPrefillTileRows * d; i += blockDim.x) {
+    const int r = i / d, c = i % d;
+    sq[r][c] = r < tile.count ? q[((tile.first_row + r) * static_cast<int64_t>(num_heads) + h) * d + c] * scale
+                              : 0.0f;
+  }
+  float m[4], l[4], acc[4][kPrefillPerLane];
+#pragma unroll
+  for (int rr = 0; rr < 4; ++rr) {
+    m[rr] = -INFINITY;
+    l[rr] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPrefillPerLane; ++i) acc[rr][i] = 0.0f;
+  }
+  for (int32_t j0 = 0; j0 <= last_pos; j0 += kKvTile) {
+    __syncthreads();  // the previous run is consumed (and sq is written)
+    for (int i = threadIdx.x; i < kKvTile * d; i += blockDim.x) {
+      const int jj = i / d, c = i % d;
+      const int32_t j = j0 + jj;
+      float kj = 0.0f, vj = 0.0f;
+      if (j <= last_pos) {
+        const int64_t base = (static_cast<int64_t>(table[j / cache.block_size]) * cache.block_size +
+                              j % cache.block_size) * width + static_cast<int64_t>(kvh) * d;
+        kj = cache.k[base + c];
+        vj = cache.v[base + c];
+      }
+      sk[jj][c] = kj;
+      sv[jj][c] = vj;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < 4; ++rr) {
+      const int r = warp * 4 + rr;
+      const int32_t pos = first_pos + r;
+      // Both conditions are the same on every lane of the warp.
+      if (r >= tile.count || j0 > pos) continue;
+      const int32_t j = j0 + lane;
+      float s = -INFINITY;
+      if (j <= pos) {
+        float dot = 0.0f;
+        for (int c = 0; c < d; ++c) dot += sq[r][c] * sk[lane][c];
+        s = dot;
+      }
+      float run_max = s;
+      for (int offset = 16; offset > 0; offset /= 2) {
+        run_max = fmaxf(run_max, __shfl_xor_sync(0xffffffffu, run_max, offset));
+      }
+      const float m_new = fmaxf(m[rr], run_max);  // finite: position j0 <= pos is scored
+      const float correction = __expf(m[rr] - m_new);
+      const float p = j <= pos ? __expf(s - m_new) : 0.0f;
+      float p_sum = p;
+      for (int offset = 16; offset > 0; offset /= 2) {
+        p_sum += __shfl_xor_sync(0xffffffffu, p_sum, offset);
+      }
+      l[rr] = l[rr] * correction + p_sum;
+#pragma unroll
+      for (int i = 0; i < kPrefillPerLane; ++i) acc[rr][i] *= correction;
+      const int valid = min(kKvTile, pos - j0 + 1);
+      for (int jj = 0; jj < valid; ++jj) {
+        const float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+        for (int i = 0; i < kPrefillPerLane; ++i) {
+          const int c = lane + 32 * i;
+          if (c < d) acc[rr][i] += pj * sv[jj][c];
+        }
+      }
+      m[rr] = m_new;
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < 4; ++rr) {
+    const int r = warp * 4 + rr;
+    if (r >= tile.count) continue;
+    float* oh = out + ((tile.first_row + r) * static_cast<int64_t>(num_heads) + h) * d;
+#pragma unroll
+    for (int i = 0; i < kPrefillPerLane; ++i) {
+      const int c = lane + 32 * i;
+      if (c < d) oh[c] = acc[rr][i] / l[rr];
+    }
+  }
+}
+
 }  // namespace
+
+void PagedPrefillAttention(const float* q, const DevicePagedKv& cache,
+                           const DeviceAttentionRows& rows, const DeviceAttentionTile* tiles,
+                           int64_t num_tiles, int num_heads, float scale, float* out,
+                           cudaStream_t stream) {
+  if (num_tiles == 0) return;
+  CHECK_MSG(cache.head_dim > 0 && cache.head_dim <= kPrefillMaxHeadDim,
+            "head_dim must be in [1, 128] for the tiled prefill attention");
+  CHECK_MSG(cache.num_kv_heads > 0 && num_heads % cache.num_kv_heads == 0,
+            "num_heads must be a multiple of num_kv_heads");
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(num_heads));
+  PrefillAttentionKernel<<<grid, kPrefillWarps * 32, 0, stream>>>(q, cache, rows, tiles,
+                                                                  num_heads, scale, out);
+  CUDA_CHECK(cudaGetLastError());
+}
 
 void WriteKv(const DevicePagedKv& cache, const float* k, const float* v,
              const DeviceAttentionRows& rows, cudaStream_t stream) {

@@ -1,16 +1,19 @@
 #pragma once
 // Attention over a paged KV cache on the GPU for a mixed batch (decode steps
-// and prefill chunks in one call), the counterpart of
-// kernels/cpu/paged_attention.h with the same cache layout and causal rule.
-// The batch is described per query row rather than per sequence, so one
-// launch covers every row whatever sequence it belongs to.
+// and prefill chunks), the counterpart of kernels/cpu/paged_attention.h with
+// the same causal rule and block tables; the device lays a block out in its
+// own way (below), which only these kernels read. The batch is described per
+// query row rather than per sequence, so one launch covers every row
+// whatever sequence it belongs to; PagedPrefillAttention takes the rows of
+// prefill chunks in tiles instead, so each cached key and value is read once
+// per tile rather than once per row.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
 namespace tandem::cuda {
 
-// The KV cache of one layer in device memory (f32, as on the CPU):
+// The KV cache of one layer in device memory, f32:
 // k, v: [num_blocks, block_size, num_kv_heads, head_dim].
 struct DevicePagedKv {
   float* k = nullptr;
@@ -44,5 +47,25 @@ void WriteKv(const DevicePagedKv& cache, const float* k, const float* v,
 // q, out: [rows, num_heads, head_dim]; head_dim <= 256.
 void PagedAttention(const float* q, const DevicePagedKv& cache, const DeviceAttentionRows& rows,
                     int num_heads, float scale, float* out, cudaStream_t stream);
+
+// Up to kPrefillTileRows consecutive query rows of one sequence: rows
+// [first_row, first_row + count) at positions positions[first_row] + i,
+// sharing the block table of row first_row. The host builds them.
+inline constexpr int kPrefillTileRows = 16;
+inline constexpr int kPrefillMaxHeadDim = 128;
+struct DeviceAttentionTile {
+  int32_t first_row = 0;
+  int32_t count = 0;  // in [1, kPrefillTileRows]
+};
+
+// The same as PagedAttention for the rows the tiles cover (others are left
+// untouched): one block per (tile, head) stages 32 cached positions at a time
+// in shared memory and reuses them for every row of the tile, with an
+// online softmax per row. tiles: [num_tiles] in device memory; head_dim <=
+// kPrefillMaxHeadDim unless there are no tiles (then nothing is launched).
+void PagedPrefillAttention(const float* q, const DevicePagedKv& cache,
+                           const DeviceAttentionRows& rows, const DeviceAttentionTile* tiles,
+                           int64_t num_tiles, int num_heads, float scale, float* out,
+                           cudaStream_t stream);
 
 }  // namespace tandem::cuda

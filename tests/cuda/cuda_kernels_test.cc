@@ -191,6 +191,10 @@ TEST_F(CudaKernelTest, MatMulMatchesTheReferenceForEveryDType) {
 
 // A mixed batch (decode steps and prefill chunks with cached prefixes, GQA)
 // written and attended on the GPU equals the CPU WriteKv + scalar reference.
+// Every sequence's cached prefix is written by an earlier WriteKv on both
+// sides (the device lays a block out its own way), then the step's rows are
+// written and attend. The row kernel covers every row; the tiled prefill
+// kernel the rows of the prefill chunks, cut into tiles as the stage does.
 TEST_F(CudaKernelTest, PagedAttentionMixedBatchMatchesTheReference) {
   REQUIRE_GPU();
   for (int head_dim : {64, 128, 80}) {
@@ -198,19 +202,19 @@ TEST_F(CudaKernelTest, PagedAttentionMixedBatchMatchesTheReference) {
     const int kv_heads = 2, heads = 8, block = 16;
     const int64_t num_blocks = 64;
     const int64_t width = int64_t{kv_heads} * head_dim;
-    std::vector<float> k_cache = Normal(num_blocks * block * width);
-    std::vector<float> v_cache = Normal(num_blocks * block * width);
     // Sequences: (q_len, context_len): decode, long decode, prefill chunk
-    // after a prefix, a first chunk.
-    const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 1}, {1, 200}, {37, 90}, {20, 20}};
+    // after a prefix, a first chunk, a chunk of 2 after a prefix.
+    const std::vector<std::pair<int64_t, int64_t>> shapes = {
+        {1, 1}, {1, 200}, {37, 90}, {20, 20}, {2, 33}};
     std::vector<std::vector<int32_t>> tables;
     std::vector<int32_t> free_blocks(num_blocks);
     for (int32_t b = 0; b < num_blocks; ++b) free_blocks[b] = b;
     std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
-    std::vector<cpu::AttentionSequence> seqs;
-    std::vector<int32_t> positions, flat_tables;
-    std::vector<int64_t> offsets;
-    int64_t T = 0;
+    std::vector<cpu::AttentionSequence> seqs, prefixes;
+    std::vector<int32_t> positions, prefix_positions, flat_tables;
+    std::vector<int64_t> offsets, prefix_offsets;
+    std::vector<DeviceAttentionTile> tiles;
+    int64_t T = 0, P = 0;
     for (auto [q_len, context] : shapes) {
       std::vector<int32_t> table;
       for (int64_t i = 0; i < (context + block - 1) / block; ++i) {
@@ -220,9 +224,25 @@ TEST_F(CudaKernelTest, PagedAttentionMixedBatchMatchesTheReference) {
       tables.push_back(table);
       const int64_t offset = static_cast<int64_t>(flat_tables.size());
       flat_tables.insert(flat_tables.end(), table.begin(), table.end());
+      const int64_t prefix = context - q_len;
+      for (int64_t i = 0; i < prefix; ++i) {
+        prefix_positions.push_back(static_cast<int32_t>(i));
+        prefix_offsets.push_back(offset);
+      }
+      if (prefix > 0) {
+        prefixes.push_back({.q_begin = P, .q_len = prefix, .context_len = prefix,
+                            .block_table = tables.back().data()});
+      }
+      P += prefix;
       for (int64_t i = 0; i < q_len; ++i) {
-        positions.push_back(static_cast<int32_t>(context - q_len + i));
+        positions.push_back(static_cast<int32_t>(prefix + i));
         offsets.push_back(offset);
+      }
+      if (q_len > 1) {
+        for (int64_t r = 0; r < q_len; r += kPrefillTileRows) {
+          tiles.push_back({.first_row = static_cast<int32_t>(T + r),
+                           .count = static_cast<int32_t>(std::min<int64_t>(kPrefillTileRows, q_len - r))});
+        }
       }
       seqs.push_back({.q_begin = T, .q_len = q_len, .context_len = context,
                       .block_table = tables.back().data()});
@@ -232,35 +252,61 @@ TEST_F(CudaKernelTest, PagedAttentionMixedBatchMatchesTheReference) {
     offsets.push_back(0);
     const int64_t rows = T + 1;
     std::vector<float> q = Normal(rows * heads * head_dim), k = Normal(rows * width),
-                       v = Normal(rows * width);
+                       v = Normal(rows * width), prefix_k = Normal(P * width),
+                       prefix_v = Normal(P * width);
     std::vector<float> out_init(static_cast<size_t>(rows * heads * head_dim), 7.0f);
+    const int64_t cache_n = num_blocks * block * width;
+    std::vector<float> zeros(static_cast<size_t>(cache_n), 0.0f);
 
-    DeviceBuffer dk_cache = Upload(k_cache), dv_cache = Upload(v_cache), dq = Upload(q),
+    DeviceBuffer dk_cache = Upload(zeros), dv_cache = Upload(zeros), dq = Upload(q),
                  dk = Upload(k), dv = Upload(v), dpos = Upload(positions),
-                 doff = Upload(offsets), dtables = Upload(flat_tables), dout = Upload(out_init);
+                 doff = Upload(offsets), dtables = Upload(flat_tables), dout = Upload(out_init),
+                 dtiled_out = Upload(out_init), dtiles = Upload(tiles),
+                 dprefix_k = Upload(prefix_k), dprefix_v = Upload(prefix_v),
+                 dprefix_pos = Upload(prefix_positions), dprefix_off = Upload(prefix_offsets);
     DevicePagedKv dcache{.k = dk_cache.As<float>(), .v = dv_cache.As<float>(),
                          .num_blocks = num_blocks, .block_size = block, .num_kv_heads = kv_heads,
                          .head_dim = head_dim};
+    DeviceAttentionRows dprefix{.positions = dprefix_pos.As<int32_t>(),
+                                .table_offsets = dprefix_off.As<int64_t>(),
+                                .block_tables = dtables.As<int32_t>(), .rows = P};
     DeviceAttentionRows drows{.positions = dpos.As<int32_t>(), .table_offsets = doff.As<int64_t>(),
                               .block_tables = dtables.As<int32_t>(), .rows = rows};
+    WriteKv(dcache, dprefix_k.As<float>(), dprefix_v.As<float>(), dprefix, nullptr);
     WriteKv(dcache, dk.As<float>(), dv.As<float>(), drows, nullptr);
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     PagedAttention(dq.As<float>(), dcache, drows, heads, scale, dout.As<float>(), nullptr);
+    PagedPrefillAttention(dq.As<float>(), dcache, drows, dtiles.As<DeviceAttentionTile>(),
+                          static_cast<int64_t>(tiles.size()), heads, scale,
+                          dtiled_out.As<float>(), nullptr);
 
+    std::vector<float> k_cache = zeros, v_cache = zeros;
     cpu::PagedKv cache{.k = k_cache.data(), .v = v_cache.data(), .num_blocks = num_blocks,
                        .block_size = block, .num_kv_heads = kv_heads, .head_dim = head_dim};
+    cpu::WriteKv(cache, prefix_k.data(), prefix_v.data(), prefixes);
     cpu::WriteKv(cache, k.data(), v.data(), seqs);
     std::vector<float> want = out_init;
     cpu::reference::PagedAttention(q.data(), cache, seqs, heads, scale, want.data());
 
-    const int64_t cache_n = num_blocks * block * width;
-    std::vector<float> got_k = Download(dk_cache, cache_n), got_v = Download(dv_cache, cache_n);
-    ASSERT_EQ(std::memcmp(got_k.data(), k_cache.data(), cache_n * 4), 0);
-    ASSERT_EQ(std::memcmp(got_v.data(), v_cache.data(), cache_n * 4), 0);
+    const int64_t row_floats = int64_t{heads} * head_dim;
     std::vector<float> got = Download(dout, want.size());
-    EXPECT_LT(RelativeL2(got.data(), want.data(), T * heads * head_dim), 1e-5);
-    for (int64_t i = T * heads * head_dim; i < rows * heads * head_dim; ++i) {
+    EXPECT_LT(RelativeL2(got.data(), want.data(), T * row_floats), 1e-5);
+    for (int64_t i = T * row_floats; i < rows * row_floats; ++i) {
       ASSERT_EQ(got[i], 7.0f) << "the padding row was written";
+    }
+    std::vector<float> tiled = Download(dtiled_out, want.size());
+    std::vector<bool> in_tile(static_cast<size_t>(rows), false);
+    for (const DeviceAttentionTile& t : tiles) {
+      for (int32_t r = 0; r < t.count; ++r) in_tile[static_cast<size_t>(t.first_row + r)] = true;
+      const int64_t begin = int64_t{t.first_row} * row_floats;
+      EXPECT_LT(RelativeL2(tiled.data() + begin, want.data() + begin, t.count * row_floats), 1e-5)
+          << "tile at row " << t.first_row;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      if (in_tile[static_cast<size_t>(r)]) continue;
+      for (int64_t i = r * row_floats; i < (r + 1) * row_floats; ++i) {
+        ASSERT_EQ(tiled[i], 7.0f) << "row " << r << " is in no tile but was written";
+      }
     }
   }
 }
