@@ -69,7 +69,7 @@ struct CudaStageExecutor::Device {
   cuda::PinnedBuffer h_tokens, h_positions, h_table_offsets, h_block_tables, h_hidden, h_out;
   // Attention: the rows of prefill chunks go to the tiled kernel in tiles
   // (at most one per row); the row kernel sees them at position -1.
-  cuda::DeviceBuffer attention_positions, tiles;
+  cuda::DeviceBuffer attention_positions, tiles, attention_scratch;
   cuda::PinnedBuffer h_attention_positions, h_tiles;
   size_t activation_bytes = 0;
   cuda::GemmContext gemm;  // cublas + gemm_scratch, for every MatMul
@@ -248,6 +248,8 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
     const size_t table_entries = static_cast<size_t>(std::max(kv.num_blocks(), 1));
     dev->block_tables = cuda::DeviceBuffer(table_entries * sizeof(int32_t));
     dev->attention_positions = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
+    dev->attention_scratch = dev->Floats(static_cast<int64_t>(
+        cuda::PagedAttentionScratchFloats(max_t, spec.num_heads, spec.head_dim)));
     dev->h_attention_positions = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(int32_t));
     dev->tiles = cuda::DeviceBuffer(static_cast<size_t>(max_t) * sizeof(cuda::DeviceAttentionTile));
     dev->h_tiles = cuda::PinnedBuffer(static_cast<size_t>(max_t) * sizeof(cuda::DeviceAttentionTile));
@@ -553,7 +555,7 @@ void CudaStageExecutor::RunLayers(int64_t T) {
                     spec_.num_kv_heads, rows.positions, s);
     cuda::WriteKv(d.kv_layers[l], d.k.As<float>(), d.v.As<float>(), rows, s);
     cuda::PagedAttention(d.q.As<float>(), d.kv_layers[l], attend_rows, spec_.num_heads, scale,
-                         d.attn.As<float>(), s);
+                         d.attention_scratch.As<float>(), d.attn.As<float>(), s);
     cuda::PagedPrefillAttention(d.q.As<float>(), d.kv_layers[l], rows,
                                 d.tiles.As<cuda::DeviceAttentionTile>(), num_tiles_,
                                 spec_.num_heads, scale, d.attn.As<float>(), s);

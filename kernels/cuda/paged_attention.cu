@@ -9,6 +9,7 @@ namespace tandem::cuda {
 namespace {
 
 constexpr int kWarps = 4;
+constexpr int kDecodeSplits = 16;  // blocks sharing one row's context
 constexpr int kMaxHeadDim = 256;
 constexpr int kPerLane = kMaxHeadDim / 32;
 
@@ -26,14 +27,25 @@ __global__ void WriteKvKernel(DevicePagedKv cache, const float* k, const float* 
   }
 }
 
-// One block per (query row, head). Each warp walks every kWarps-th cached
-// position with an online softmax (lanes split head_dim); the warps' partial
-// results are merged at the end.
+// Partial results of one (row, head, split): the running maximum and sum of
+// the split's positions, then head_dim accumulated values.
+__host__ __device__ inline int64_t PartialIndex(int64_t t, int h, int z, int num_heads,
+                                                int head_dim) {
+  return ((t * num_heads + h) * kDecodeSplits + z) * (head_dim + 2);
+}
+
+// One block per (query row, head, split): split z takes the z-th of
+// kDecodeSplits equal runs of the row's positions [0, pos], so a long
+// context is spread over kDecodeSplits blocks. Each warp walks every
+// kWarps-th position of the run with an online softmax (lanes split
+// head_dim); the block merges its warps and stores the run's maximum, sum
+// and values in `partial`, which CombineSplitsKernel reduces.
 __global__ void __launch_bounds__(kWarps * 32)
     AttentionKernel(const float* q, DevicePagedKv cache, DeviceAttentionRows rows, int num_heads,
-                    float scale, float* out) {
+                    float scale, float* partial) {
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y;
+  const int z = blockIdx.z;
   const int32_t pos = rows.positions[t];
   if (pos < 0) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -41,6 +53,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int kvh = h / (num_heads / cache.num_kv_heads);
   const int32_t* table = rows.block_tables + rows.table_offsets[t];
   const int64_t width = static_cast<int64_t>(cache.num_kv_heads) * d;
+  const int32_t run = (pos + kDecodeSplits) / kDecodeSplits;  // ceil((pos + 1) / splits)
+  const int32_t run_begin = z * run, run_end = min(pos + 1, run_begin + run);
 
   float qr[kPerLane], acc[kPerLane];
   const float* qh = q + (t * num_heads + h) * d;
@@ -51,7 +65,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int32_t j = warp; j <= pos; j += kWarps) {
+  for (int32_t j = run_begin + warp; j < run_end; j += kWarps) {
     const int64_t base = (static_cast<int64_t>(table[j / cache.block_size]) * cache.block_size +
                           j % cache.block_size) * width + static_cast<int64_t>(kvh) * d;
     float s = 0.0f;
@@ -72,7 +86,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     m = m_new;
   }
-  // Merge the warps: rescale each to the common maximum.
+  // Merge the warps: rescale each to the common maximum (a warp or the whole
+  // split may have had no positions: maximum -inf, sum 0).
   __shared__ float warp_m[kWarps], warp_l[kWarps];
   __shared__ float warp_acc[kWarps][kMaxHeadDim];
   if (lane == 0) {
@@ -87,15 +102,46 @@ __global__ void __launch_bounds__(kWarps * 32)
   __syncthreads();
   float m_all = -INFINITY;
   for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, warp_m[w]);
-  float l_all = 0.0f;
-  for (int w = 0; w < kWarps; ++w) {
-    if (warp_m[w] != -INFINITY) l_all += warp_l[w] * __expf(warp_m[w] - m_all);
+  float* out = partial + PartialIndex(t, h, z, num_heads, d);
+  if (threadIdx.x == 0) {
+    float l_all = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      if (warp_m[w] != -INFINITY) l_all += warp_l[w] * __expf(warp_m[w] - m_all);
+    }
+    out[0] = m_all;
+    out[1] = l_all;
   }
-  float* oh = out + (t * num_heads + h) * d;
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     float v = 0.0f;
     for (int w = 0; w < kWarps; ++w) {
       if (warp_m[w] != -INFINITY) v += warp_acc[w][c] * __expf(warp_m[w] - m_all);
+    }
+    out[2 + c] = v;
+  }
+}
+
+// One block per (query row, head): merges the kDecodeSplits partial results
+// of AttentionKernel into the row's output.
+__global__ void CombineSplitsKernel(const float* partial, DeviceAttentionRows rows, int num_heads,
+                                    int head_dim, float* out) {
+  const int64_t t = blockIdx.x;
+  const int h = blockIdx.y;
+  if (rows.positions[t] < 0) return;
+  const float* p = partial + PartialIndex(t, h, 0, num_heads, head_dim);
+  const int64_t stride = head_dim + 2;
+  float m_all = -INFINITY;
+  for (int z = 0; z < kDecodeSplits; ++z) m_all = fmaxf(m_all, p[z * stride]);
+  float l_all = 0.0f;
+  for (int z = 0; z < kDecodeSplits; ++z) {
+    const float mz = p[z * stride];
+    if (mz != -INFINITY) l_all += p[z * stride + 1] * __expf(mz - m_all);
+  }
+  float* oh = out + (t * num_heads + h) * head_dim;
+  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+    float v = 0.0f;
+    for (int z = 0; z < kDecodeSplits; ++z) {
+      const float mz = p[z * stride];
+      if (mz != -INFINITY) v += p[z * stride + 2 + c] * __expf(mz - m_all);
     }
     oh[c] = v / l_all;
   }
@@ -232,14 +278,23 @@ void WriteKv(const DevicePagedKv& cache, const float* k, const float* v,
   CUDA_CHECK(cudaGetLastError());
 }
 
+size_t PagedAttentionScratchFloats(int64_t rows, int num_heads, int head_dim) {
+  return static_cast<size_t>(rows) * static_cast<size_t>(num_heads) * kDecodeSplits *
+         static_cast<size_t>(head_dim + 2);
+}
+
 void PagedAttention(const float* q, const DevicePagedKv& cache, const DeviceAttentionRows& rows,
-                    int num_heads, float scale, float* out, cudaStream_t stream) {
+                    int num_heads, float scale, float* scratch, float* out, cudaStream_t stream) {
   CHECK_MSG(cache.head_dim > 0 && cache.head_dim <= kMaxHeadDim, "head_dim must be in [1, 256]");
   CHECK_MSG(cache.num_kv_heads > 0 && num_heads % cache.num_kv_heads == 0,
             "num_heads must be a multiple of num_kv_heads");
   if (rows.rows == 0) return;
-  const dim3 grid(static_cast<unsigned>(rows.rows), static_cast<unsigned>(num_heads));
-  AttentionKernel<<<grid, kWarps * 32, 0, stream>>>(q, cache, rows, num_heads, scale, out);
+  const dim3 grid(static_cast<unsigned>(rows.rows), static_cast<unsigned>(num_heads),
+                  static_cast<unsigned>(kDecodeSplits));
+  AttentionKernel<<<grid, kWarps * 32, 0, stream>>>(q, cache, rows, num_heads, scale, scratch);
+  CUDA_CHECK(cudaGetLastError());
+  const dim3 combine(static_cast<unsigned>(rows.rows), static_cast<unsigned>(num_heads));
+  CombineSplitsKernel<<<combine, 128, 0, stream>>>(scratch, rows, num_heads, cache.head_dim, out);
   CUDA_CHECK(cudaGetLastError());
 }
 

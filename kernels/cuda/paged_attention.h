@@ -9,6 +9,7 @@
 // per tile rather than once per row.
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace tandem::cuda {
@@ -44,9 +45,13 @@ void WriteKv(const DevicePagedKv& cache, const float* k, const float* v,
 // out[t][h] = sum over positions j <= positions[t] of
 // softmax_j(scale * q[t][h] · K[j][kvh]) V[j][kvh], kvh = h / (num_heads /
 // num_kv_heads), with the keys and values of every row already written.
-// q, out: [rows, num_heads, head_dim]; head_dim <= 256.
+// q, out: [rows, num_heads, head_dim]; head_dim <= 256. Each row's context
+// is split in equal runs over several blocks, whose partial softmax sums a
+// second kernel merges (so a long context does not rest on one block):
+// scratch holds PagedAttentionScratchFloats(rows.rows, num_heads, head_dim).
+size_t PagedAttentionScratchFloats(int64_t rows, int num_heads, int head_dim);
 void PagedAttention(const float* q, const DevicePagedKv& cache, const DeviceAttentionRows& rows,
-                    int num_heads, float scale, float* out, cudaStream_t stream);
+                    int num_heads, float scale, float* scratch, float* out, cudaStream_t stream);
 
 // Up to kPrefillTileRows consecutive query rows of one sequence: rows
 // [first_row, first_row + count) at positions positions[first_row] + i,

@@ -275,7 +275,9 @@ TEST_F(CudaKernelTest, PagedAttentionMixedBatchMatchesTheReference) {
     WriteKv(dcache, dprefix_k.As<float>(), dprefix_v.As<float>(), dprefix, nullptr);
     WriteKv(dcache, dk.As<float>(), dv.As<float>(), drows, nullptr);
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-    PagedAttention(dq.As<float>(), dcache, drows, heads, scale, dout.As<float>(), nullptr);
+    DeviceBuffer dscratch(PagedAttentionScratchFloats(rows, heads, head_dim) * sizeof(float));
+    PagedAttention(dq.As<float>(), dcache, drows, heads, scale, dscratch.As<float>(),
+                   dout.As<float>(), nullptr);
     PagedPrefillAttention(dq.As<float>(), dcache, drows, dtiles.As<DeviceAttentionTile>(),
                           static_cast<int64_t>(tiles.size()), heads, scale,
                           dtiled_out.As<float>(), nullptr);
