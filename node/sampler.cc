@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "kernels/cpu/ops.h"
 
 namespace tandem {
 
@@ -94,10 +95,7 @@ SampledToken SequenceSampler::Sample(std::span<float> logits) {
   const size_t n = logits.size();
 
   // The model's own log-probabilities, before any processing.
-  float raw_max = *std::max_element(logits.begin(), logits.end());
-  double raw_sum = 0.0;
-  for (float l : logits) raw_sum += std::exp(static_cast<double>(l - raw_max));
-  const float raw_log_z = raw_max + static_cast<float>(std::log(raw_sum));
+  const float raw_log_z = static_cast<float>(cpu::LogSumExp(logits.data(), static_cast<int64_t>(n)));
   auto finish = [&](int32_t token, float raw_logit) {
     Record(token);
     return SampledToken{.token = token, .logprob = raw_logit - raw_log_z};

@@ -78,7 +78,7 @@ void SiluMulImpl(const float* gate, const float* up, float* out, int64_t n) {
   }
 }
 
-void SoftmaxImpl(float* x, int64_t n) {
+float MaxOf(const float* x, int64_t n) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   float mx = x[0];
@@ -89,6 +89,34 @@ void SoftmaxImpl(float* x, int64_t n) {
     mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
   }
   for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+
+double LogSumExpImpl(const float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const float mx = MaxOf(x, n);
+  const VF vmx = hn::Set(df, mx);
+  // f32 lanes over blocks of 1024 values, the blocks' sums in double.
+  constexpr int64_t kBlock = 1024;
+  double sum = 0.0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t end = std::min(n, b + kBlock);
+    VF vsum = hn::Zero(df);
+    int64_t i = b;
+    for (; i + N <= end; i += N) vsum = hn::Add(vsum, hn::Exp(df, hn::Sub(hn::LoadU(df, x + i), vmx)));
+    double block = hn::GetLane(hn::SumOfLanes(df, vsum));
+    for (; i < end; ++i) block += std::exp(static_cast<double>(x[i]) - mx);
+    sum += block;
+  }
+  return mx + std::log(sum);
+}
+
+void SoftmaxImpl(float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const float mx = MaxOf(x, n);
+  int64_t i = 0;
   const float sum = ExpShiftSum(x, n, mx);
   const VF vinv = hn::Set(df, 1.0f / sum);
   i = 0;
@@ -107,6 +135,7 @@ HWY_EXPORT(RmsNormImpl);
 HWY_EXPORT(AddInPlaceImpl);
 HWY_EXPORT(SiluMulImpl);
 HWY_EXPORT(SoftmaxImpl);
+HWY_EXPORT(LogSumExpImpl);
 
 void RmsNorm(const float* x, const float* weight, float eps, int64_t T, int64_t H, float* y) {
   CHECK_GE(T, 0);
@@ -127,6 +156,11 @@ void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
 void Softmax(float* x, int64_t n) {
   CHECK_GT(n, 0);
   HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n);
+}
+
+double LogSumExp(const float* x, int64_t n) {
+  CHECK_GT(n, 0);
+  return HWY_DYNAMIC_DISPATCH(LogSumExpImpl)(x, n);
 }
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t T, float* out) {
@@ -163,6 +197,14 @@ void Softmax(float* x, int64_t n) {
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - mx);
   for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(x[i] - mx) / sum);
+}
+
+double LogSumExp(const float* x, int64_t n) {
+  double mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max<double>(mx, x[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - mx);
+  return mx + std::log(sum);
 }
 
 }  // namespace reference

@@ -57,6 +57,21 @@ TEST_F(OpsTest, EverySimdTarget) {
   });
 }
 
+TEST_F(OpsTest, LogSumExpMatchesReference) {
+  // Past one block of 1024 and a vocabulary's size, with large logits (the
+  // maximum must be taken out first) and a misaligned start.
+  for (int64_t n : {1, 7, 1000, 1025, 128256}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    testing::MisalignedFloats x(n);
+    FillNormal(x.data(), n, 8.0f);
+    x.data()[n / 2] += 90.0f;
+    const double want = reference::LogSumExp(x.data(), n);
+    EXPECT_NEAR(LogSumExp(x.data(), n), want, 1e-6 * std::max(1.0, std::fabs(want)));
+  }
+  const float two[] = {0.0f, 0.0f};
+  EXPECT_NEAR(reference::LogSumExp(two, 2), std::log(2.0), 1e-12);
+}
+
 TEST_F(OpsTest, RmsNormReferenceIsTheDefinition) {
   const float x[] = {3.0f, 4.0f};  // mean square 12.5
   const float w[] = {1.0f, 2.0f};
