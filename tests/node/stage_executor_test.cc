@@ -64,6 +64,12 @@ std::vector<float> Generate(LocalPipeline& p, const std::vector<int32_t>& prompt
   return all;
 }
 
+// Options of a stage of layers `range` with room for two short sequences.
+StageOptions SmallStage(StageRange range) {
+  return StageOptions{.range = range, .threads = 2, .max_batch_tokens = 8,
+                      .max_batch_sequences = 2, .kv_budget_bytes = size_t{1} << 20};
+}
+
 std::unique_ptr<LocalPipeline> Pipeline(const fs::path& model, const PipelineOptions& o) {
   auto p = LocalPipeline::Create(model, o);
   EXPECT_TRUE(p.ok()) << p.status();
@@ -280,9 +286,7 @@ TEST(StageExecutorTest, OnlyTheLastStageSamplesAndEverySequenceHasAnEntry) {
   auto checkpoint = std::make_shared<const Checkpoint>(Checkpoint::Open(model).value());
   auto first = StageExecutor::Create(
       spec, checkpoint,
-      StageOptions{.range = {.layer_begin = 0, .layer_end = 2}, .threads = 2,
-                   .max_batch_tokens = 8, .max_batch_sequences = 2,
-                   .kv_budget_bytes = size_t{1} << 20});
+      SmallStage({.layer_begin = 0, .layer_end = 2}));
   ASSERT_TRUE(first.ok()) << first.status();
   SequenceSampler sampler({}, spec.vocab_size);
   SequenceSampler* const one[] = {&sampler};
@@ -293,9 +297,7 @@ TEST(StageExecutorTest, OnlyTheLastStageSamplesAndEverySequenceHasAnEntry) {
 
   auto whole = StageExecutor::Create(
       spec, checkpoint,
-      StageOptions{.range = {.layer_begin = 0, .layer_end = spec.num_layers}, .threads = 2,
-                   .max_batch_tokens = 8, .max_batch_sequences = 2,
-                   .kv_budget_bytes = size_t{1} << 20});
+      SmallStage({.layer_begin = 0, .layer_end = spec.num_layers}));
   ASSERT_TRUE(whole.ok()) << whole.status();
   auto mismatched = (*whole)->ForwardAndSample({&s, 1}, tokens, {}, {});
   EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument)
@@ -314,9 +316,7 @@ TEST(StageExecutorTest, LaterStageTakesHiddenStatesOfTheRightSize) {
   auto checkpoint = std::make_shared<const Checkpoint>(Checkpoint::Open(model).value());
   auto stage = StageExecutor::Create(
       spec, checkpoint,
-      StageOptions{.range = {.layer_begin = 2, .layer_end = 4}, .threads = 2,
-                   .max_batch_tokens = 8, .max_batch_sequences = 2,
-                   .kv_budget_bytes = size_t{1} << 20});
+      SmallStage({.layer_begin = 2, .layer_end = 4}));
   ASSERT_TRUE(stage.ok()) << stage.status();
   StageExecutor& e = **stage;
   EXPECT_FALSE(e.is_first());
