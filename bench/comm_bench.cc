@@ -295,7 +295,7 @@ Status Serve(const CommFlags& f) {
                hp.first.c_str(), grpc_server.port, hp.first.c_str(), tcp_server->port());
   int sig = 0;
   sigwait(&stop, &sig);
-  grpc_server.server->Shutdown();
+  grpc_server.Stop();
   return absl::OkStatus();
 }
 
@@ -404,7 +404,7 @@ Status Run(const CommFlags& f) {
     }
   }
   for (Bench& bench : benches) RETURN_IF_ERROR(bench.Close());
-  if (local_grpc.server) local_grpc.server->Shutdown();
+  local_grpc.Stop();
   std::vector<Row> all;
   for (auto& per_transport : rows) all.insert(all.end(), per_transport.begin(), per_transport.end());
   PrintRows(all, f);

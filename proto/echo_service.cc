@@ -129,6 +129,13 @@ EchoReactor* NewEchoReactor(const v1::Hello& mine, const DecodeLimits& limits) {
 
 RawStreamReactor* EchoService::NewEcho() { return NewEchoReactor(mine_, limits_); }
 
+void GrpcEchoServer::Stop() {
+  if (server != nullptr) server->Shutdown();
+  if (service != nullptr) service->StopServing();
+  server.reset();
+  service.reset();
+}
+
 StatusOr<GrpcEchoServer> StartGrpcEchoServer(const std::string& address, const v1::Hello& mine) {
   GrpcEchoServer s;
   s.service = std::make_unique<EchoService>(mine);

@@ -31,9 +31,22 @@ class EchoService final : public NodeServiceBase {
   DecodeLimits limits_;
 };
 
-// A running gRPC server hosting an EchoService. Shut the server down before
-// the service goes (the members' order does it on destruction).
+// A running gRPC server hosting an EchoService. Destruction (or Stop) ends
+// them in the order node_server.h requires: the server's Shutdown, the
+// service's StopServing, then the server, then the service.
 struct GrpcEchoServer {
+  GrpcEchoServer() = default;
+  GrpcEchoServer(GrpcEchoServer&& other) noexcept = default;
+  GrpcEchoServer& operator=(GrpcEchoServer&& other) noexcept {
+    Stop();
+    service = std::move(other.service);
+    server = std::move(other.server);
+    port = other.port;
+    return *this;
+  }
+  ~GrpcEchoServer() { Stop(); }
+  void Stop();
+
   std::unique_ptr<EchoService> service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;  // the bound port (useful with port 0)

@@ -61,9 +61,11 @@ using AsyncNodeService = v1::Node::WithRawMethod_Forward<v1::Node::WithAsyncMeth
 
 // A Node service: override the handlers it implements (the others answer
 // UNIMPLEMENTED). Lifecycle: AddTo(builder), builder.BuildAndStart(),
-// StartServing(); at the end server->Shutdown(), then StopServing(). A
-// derived class calls StopServing() in its destructor, so that no handler
-// runs once its members are gone.
+// StartServing(); at the end server->Shutdown(), then StopServing(), and
+// only then may the server be destroyed: the accepts still pending on the
+// queue come back after the shutdown and gRPC reads the server as it hands
+// them over. A derived class calls StopServing() in its destructor, so
+// that no handler runs once its members are gone.
 class NodeServiceBase : public AsyncNodeService {
  public:
   using Done = std::function<void(grpc::Status)>;

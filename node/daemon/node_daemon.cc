@@ -156,7 +156,11 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
 NodeDaemon::~NodeDaemon() {
   Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  if (service_) service_->set_runtime(nullptr);
+  if (service_) {
+    service_->StopServing();  // before the server goes (node_server.h)
+    service_->set_runtime(nullptr);
+  }
+  server_.reset();
 }
 
 void NodeDaemon::Stop() {

@@ -32,7 +32,7 @@ class EchoTransportTest : public ::testing::TestWithParam<std::string> {
     tcp_ = std::move(tcp).value();
   }
   void TearDown() override {
-    if (grpc_.server) grpc_.server->Shutdown();
+    grpc_.Stop();
   }
   StatusOr<std::unique_ptr<EchoConnection>> Connect(const v1::Hello& hello) {
     if (GetParam() == "grpc") return ConnectGrpcEcho(absl::StrCat("127.0.0.1:", grpc_.port), hello);
