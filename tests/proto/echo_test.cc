@@ -107,5 +107,22 @@ TEST_P(EchoTransportTest, HelloMismatchIsRefusedWithReason) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, EchoTransportTest, ::testing::Values("grpc", "tcp"));
 
+// A server stopped at once still has every accept pending on its queue;
+// they come back after the shutdown and must find the server alive
+// (node_server.h); Stop ends both, and the destructor then has nothing left.
+TEST(GrpcEchoServerTest, StopsCleanlyWithAcceptsPendingAndAfterACall) {
+  for (int i = 0; i < 20; ++i) {
+    auto server = StartGrpcEchoServer("127.0.0.1:0", ServerHello());
+    ASSERT_TRUE(server.ok()) << server.status();
+    if (i % 2 == 1) {  // also with a stream that has come and gone
+      auto conn = ConnectGrpcEcho(absl::StrCat("127.0.0.1:", server->port), ClientHello());
+      ASSERT_TRUE(conn.ok()) << conn.status();
+    }
+    server->Stop();
+    EXPECT_EQ(server->server, nullptr);
+    EXPECT_EQ(server->service, nullptr);
+  }
+}
+
 }  // namespace
 }  // namespace tandem
