@@ -100,7 +100,11 @@ TEST_F(QuantizeTest, Int4GroupedRoundTrip) {
         }
       }
       if (cols >= 127) {
-        EXPECT_LT(testing::RelativeL2(back.data(), w.data(), rows * cols), 0.15);
+        // Rounding error is about uniform in half a step, so its RMS is
+        // absmax / (7 * sqrt(12)) ~ absmax / 24 of a group. A bound of 0.15
+        // (absmax 3.6 in one group of 127 normal values) failed about once in
+        // 2500 runs; absmax above 6 (0.25) comes less than once in 10^6.
+        EXPECT_LT(testing::RelativeL2(back.data(), w.data(), rows * cols), 0.25);
       }
     }
   }
