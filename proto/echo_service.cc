@@ -130,8 +130,7 @@ EchoReactor* NewEchoReactor(const v1::Hello& mine, const DecodeLimits& limits) {
 RawStreamReactor* EchoService::NewEcho() { return NewEchoReactor(mine_, limits_); }
 
 void GrpcEchoServer::Stop() {
-  if (server != nullptr) server->Shutdown();
-  if (service != nullptr) service->StopServing();
+  if (server != nullptr) service->StopServing(*server);
   server.reset();
   service.reset();
 }

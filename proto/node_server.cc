@@ -270,6 +270,16 @@ void NodeServiceBase::StopServing() {
   cq_.reset();
 }
 
+void NodeServiceBase::StopServing(grpc::Server& server,
+                                  std::optional<std::chrono::system_clock::time_point> deadline) {
+  if (deadline.has_value()) {
+    server.Shutdown(*deadline);
+  } else {
+    server.Shutdown();
+  }
+  StopServing();
+}
+
 void NodeServiceBase::CallCreated() {
   std::lock_guard lock(calls_mutex_);
   ++live_calls_;

@@ -14,6 +14,7 @@
 // contract. Every method is served from the same queue: with a callback
 // method in the same server, gRPC's callback threads poll some connections
 // and the hops come back (measured: no gain at all).
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -21,6 +22,7 @@
 #include <optional>
 #include <thread>
 
+#include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "tandem/v1/node.grpc.pb.h"
@@ -61,11 +63,11 @@ using AsyncNodeService = v1::Node::WithRawMethod_Forward<v1::Node::WithAsyncMeth
 
 // A Node service: override the handlers it implements (the others answer
 // UNIMPLEMENTED). Lifecycle: AddTo(builder), builder.BuildAndStart(),
-// StartServing(); at the end server->Shutdown(), then StopServing(), and
-// only then may the server be destroyed: the accepts still pending on the
-// queue come back after the shutdown and gRPC reads the server as it hands
-// them over. A derived class calls StopServing() in its destructor, so
-// that no handler runs once its members are gone.
+// StartServing(); at the end StopServing(server), and only then may the
+// server be destroyed: the accepts still pending on the queue come back
+// after the shutdown and gRPC reads the server as it hands them over. A
+// derived class calls StopServing() in its destructor, so that no handler
+// runs once its members are gone.
 class NodeServiceBase : public AsyncNodeService {
  public:
   using Done = std::function<void(grpc::Status)>;
@@ -92,6 +94,10 @@ class NodeServiceBase : public AsyncNodeService {
   // reactor must finish its call, which the shutdown has cancelled), then
   // drains the queue and joins the thread.
   void StopServing();
+  // Shuts `server` down (calls still open are cancelled at `deadline`; none:
+  // they may take as long as they need), then StopServing().
+  void StopServing(grpc::Server& server,
+                   std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt);
 
  private:
   friend class StreamCall;

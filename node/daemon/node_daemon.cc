@@ -155,12 +155,11 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
 
 NodeDaemon::~NodeDaemon() {
   Stop();
-  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  if (service_) {
-    service_->StopServing();  // before the server goes (node_server.h)
-    service_->set_runtime(nullptr);
+  if (server_) {
+    service_->StopServing(*server_, std::chrono::system_clock::now() + std::chrono::seconds(2));
   }
-  server_.reset();
+  if (service_) service_->set_runtime(nullptr);
+  server_.reset();  // after StopServing (node_server.h)
 }
 
 void NodeDaemon::Stop() {

@@ -129,8 +129,9 @@ class NodeServerTest : public ::testing::Test {
     channel_ = MakeChannel(absl::StrCat("127.0.0.1:", port_));
   }
   void TearDown() override {
-    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    service_.StopServing();
+    if (server_) {
+      service_.StopServing(*server_, std::chrono::system_clock::now() + std::chrono::seconds(5));
+    }
   }
   // Waits (up to 10 s) for `counter` to reach `want`.
   static bool Reaches(const std::atomic<int>& counter, int want) {
@@ -250,8 +251,8 @@ TEST_F(NodeServerTest, ShutdownEndsOpenStreams) {
   grpc::ByteBuffer reply;
   ASSERT_TRUE(stream->Read(&reply));
   // The stream stays open: shutdown cancels it once the deadline passes.
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
-  service_.StopServing();  // returns once the reactor is done
+  // Returns once the reactor is done.
+  service_.StopServing(*server_, std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   EXPECT_EQ(service_.counters.cancelled.load(), 1);
   EXPECT_EQ(service_.counters.done.load(), 1);
   EXPECT_FALSE(stream->Read(&reply));
