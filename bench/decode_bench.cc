@@ -1,7 +1,8 @@
 // `tandem-bench decode`: prefill and decode speed of one stage holding the
 // whole model, on the CPU (against this machine's memory bandwidth and peak
-// FLOP rate measured in the same run) or on a GPU (against its device memory
-// bandwidth, measured the same way).
+// FLOP rate measured in the same run) or on GPUs, one tensor-parallel rank
+// each (against their device-to-device copy bandwidth and cuBLAS's own bf16
+// GEMM rate, summed over the GPUs, measured the same way).
 //
 // On the CPU the decoded tokens are timed in rounds, each right after a
 // bandwidth measurement, and the roofline fraction is the median over rounds
@@ -30,6 +31,7 @@
 #ifdef TANDEM_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_info.h"
+#include "kernels/cuda/matmul.h"
 #endif
 
 namespace tandem {
@@ -82,17 +84,25 @@ Status RunDecodeBench(const DecodeFlags& f) {
   }
   ASSIGN_OR_RETURN(WeightQuantization quantize, ParseWeightQuantization(f.quantize));
   ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({f.device}));
-  if (devices.size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--devices ", f.device, ": name one device"));
+  const std::vector<int> gpus = CudaOrdinals(devices);
+  int tp = f.tp;
+  if (!gpus.empty()) {
+    if (tp != 1 && tp != static_cast<int>(gpus.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tp ", tp, " with --devices ", f.device,
+                       ": on GPUs each device is one tensor-parallel rank (leave out --tp)"));
+    }
+    tp = static_cast<int>(gpus.size());
   }
-  const int cuda_device = devices[0].kind == DeviceKind::kCuda ? devices[0].ordinal : -1;
-  double roofline_gbps = 0, peak_gflops = 0;  // peak: CPU only
+  // The roofline and the peak: the CPU's, or the sum over the stage's GPUs
+  // (every rank streams its own shard at once).
+  double roofline_gbps = 0, peak_gflops = 0;
   std::string simd;
   int threads = 0;
   // CPU: the probe's own pool sleeps while the stage's pool decodes.
   std::optional<cpu::ThreadPool> probe_pool;
   std::optional<cpu::BandwidthProbe> probe;
-  if (cuda_device < 0) {
+  if (gpus.empty()) {
     probe_pool.emplace(f.threads);
     threads = probe_pool->size();
     probe.emplace(*probe_pool);
@@ -101,17 +111,21 @@ Status RunDecodeBench(const DecodeFlags& f) {
     simd = cpu::SimdTargetName();
   } else {
 #ifdef TANDEM_HAVE_CUDA
-    const size_t gpus = cuda::ListDevices().size();
-    if (static_cast<size_t>(cuda_device) >= gpus) {
-      return absl::NotFoundError(
-          absl::StrCat("--devices ", f.device, ": no such GPU (this machine has ", gpus, ")"));
+    const std::vector<cuda::DeviceInfo> present = cuda::ListDevices();
+    for (int gpu : gpus) {
+      if (static_cast<size_t>(gpu) >= present.size()) {
+        return absl::NotFoundError(absl::StrCat("--devices ", f.device, ": no GPU ", gpu,
+                                                " (this machine has ", present.size(), ")"));
+      }
+      try {
+        roofline_gbps += cuda::MeasureDeviceBandwidthGBps(gpu);
+        peak_gflops += cuda::MeasureGemmPeakGflops(gpu);
+      } catch (const cuda::CudaError& e) {
+        return absl::UnavailableError(absl::StrCat("--devices ", f.device, ": ", e.what()));
+      }
+      absl::StrAppend(&simd, simd.empty() ? "" : ", ", "cuda:", gpu, " ",
+                      present[static_cast<size_t>(gpu)].name);
     }
-    try {
-      roofline_gbps = cuda::MeasureDeviceBandwidthGBps(cuda_device);
-    } catch (const cuda::CudaError& e) {
-      return absl::UnavailableError(absl::StrCat("--devices ", f.device, ": ", e.what()));
-    }
-    simd = f.device;
     threads = 1;
 #else
     return absl::UnimplementedError(
@@ -121,14 +135,14 @@ Status RunDecodeBench(const DecodeFlags& f) {
   const size_t rss_before = ResidentBytes();
   PipelineOptions options{
       .stages = 1,
-      .stage = StageOptions{.tp = f.tp,
+      .stage = StageOptions{.tp = tp,
                             .threads = threads,
                             .max_batch_tokens = std::max(f.prompt, f.batch),
                             .max_batch_sequences = f.batch,
                             .kv_budget_bytes = static_cast<size_t>(f.kv_budget_mb * 1048576.0),
                             .quantize = quantize,
                             .int4_group_size = f.int4_group},
-      .cuda_device = cuda_device};
+      .cuda_devices = gpus};
   auto load_start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(f.model, options));
   const double load_s =
@@ -246,7 +260,7 @@ Status RunDecodeBench(const DecodeFlags& f) {
         {"resident_over_weights_kv", static_cast<double>(rss) / (weight_bytes + kv_bytes)},
         {"load_s", load_s},
         {"threads", threads},
-        {"tp", f.tp},
+        {"tp", tp},
         {"simd", simd},
         {"device", f.device},
         {"quantize", f.quantize},
@@ -295,13 +309,15 @@ std::function<int()> SetupDecode(CLI::App& app) {
                  "roofline fraction is the median over rounds")
       ->capture_default_str();
   app.add_option("--threads", f->threads, "threads (0 = every core)")->capture_default_str();
-  app.add_option("--tp", f->tp, "tensor-parallel ranks")->capture_default_str();
+  app.add_option("--tp", f->tp, "tensor-parallel ranks (on GPUs: one per device)")
+      ->capture_default_str();
   app.add_option("--quantize", f->quantize, "none, int8 or int4")->capture_default_str();
   app.add_option("--int4-group", f->int4_group, "int4 group size (32 or 128)")
       ->capture_default_str();
   app.add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache memory, MiB")->capture_default_str();
   app.add_option("--devices,--device", f->device,
-                 "cpu, or cuda:N in a build with the CUDA backend (one device)")
+                 "cpu, or GPUs such as cuda:0 or cuda:0,1 (tensor parallelism over NCCL) in a "
+                 "build with the CUDA backend")
       ->capture_default_str();
   app.add_flag("--json", f->json, "print one JSON object");
   return [f] {

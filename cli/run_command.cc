@@ -50,14 +50,19 @@ struct RunFlags {
   std::optional<std::string> logits_out;
 };
 
-// "cpu" -> -1, "cuda:N" -> N.
-StatusOr<int> ParseRunDevice(const std::string& text) {
+// --device and --tp: "cpu" -> no GPUs, `tp` ranks on threads; "cuda:0,1" ->
+// those GPUs, one tensor-parallel rank each.
+StatusOr<std::vector<int>> ParseRunDevices(const std::string& text, int* tp) {
   ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({text}));
-  if (devices.size() != 1) {
+  std::vector<int> gpus = CudaOrdinals(devices);
+  if (gpus.empty()) return gpus;
+  if (*tp != 1 && *tp != static_cast<int>(gpus.size())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--device ", text, ": name one device, cpu or cuda:N"));
+        absl::StrCat("--tp ", *tp, " with --device ", text,
+                     ": on GPUs each device is one tensor-parallel rank (leave out --tp)"));
   }
-  return devices[0].kind == DeviceKind::kCuda ? devices[0].ordinal : -1;
+  *tp = static_cast<int>(gpus.size());
+  return gpus;
 }
 
 StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text) {
@@ -132,17 +137,18 @@ Status Run(const RunFlags& f) {
   }
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
 
-  ASSIGN_OR_RETURN(const int cuda_device, ParseRunDevice(f.device));
+  int tp = f.tp;
+  ASSIGN_OR_RETURN(std::vector<int> cuda_devices, ParseRunDevices(f.device, &tp));
   PipelineOptions options{
       .stages = f.stages,
-      .stage = StageOptions{.tp = f.tp,
+      .stage = StageOptions{.tp = tp,
                             .threads = f.threads,
                             .max_batch_tokens = f.max_batch_tokens,
                             .max_batch_sequences = 1,
                             .kv_budget_bytes = static_cast<size_t>(f.kv_budget_mb * 1048576.0),
                             .quantize = quantize},
       .codec = codec,
-      .cuda_device = cuda_device};
+      .cuda_devices = std::move(cuda_devices)};
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(f.model, options));
   const ModelSpec& spec = pipeline->spec();
   for (int32_t id : prompt) {
@@ -255,7 +261,8 @@ std::function<int()> SetupRun(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--threads", f->threads, "threads in all (0 = every core)")->capture_default_str();
   app.add_option("--stages", f->stages, "pipeline stages in this process")->capture_default_str();
-  app.add_option("--tp", f->tp, "tensor-parallel ranks per stage")->capture_default_str();
+  app.add_option("--tp", f->tp, "tensor-parallel ranks per stage (on GPUs: one per --device)")
+      ->capture_default_str();
   app.add_option("--max-batch-tokens", f->max_batch_tokens,
                  "tokens per step; longer prompts are prefilled in chunks of this size")
       ->capture_default_str();
@@ -264,7 +271,8 @@ std::function<int()> SetupRun(CLI::App& app) {
   app.add_option("--codec", f->codec, "lossless codec for hidden states between stages")
       ->capture_default_str();
   app.add_option("--device", f->device,
-                 "where every stage computes: cpu, or cuda:N in a build with the CUDA backend")
+                 "where every stage computes: cpu, or GPUs such as cuda:0 or cuda:0,1 (tensor "
+                 "parallelism over NCCL) in a build with the CUDA backend")
       ->capture_default_str();
   app.add_flag("--ignore-eos", f->ignore_eos, "keep generating after an end-of-sequence token");
   app.add_flag("--json", f->json, "print one JSON object");

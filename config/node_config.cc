@@ -89,7 +89,9 @@ std::vector<Field> MakeFields() {
       [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->coordinator, false); }));
   Field devices;
   devices.key = "devices";
-  devices.help = "cpu, or one GPU such as cuda:0 (a build with the CUDA backend; several GPUs per node are not available yet)";
+  devices.help =
+      "cpu, or GPUs such as cuda:0 or cuda:0,1 (a build with the CUDA backend; several GPUs: "
+      "tensor parallelism across them over NCCL)";
   devices.from_yaml = &DevicesFromYaml;
   devices.from_text = [](std::string_view t, NodeConfig* c) -> Status {
     ASSIGN_OR_RETURN(c->devices, ParseDevices(SplitDevices(t)));
@@ -191,6 +193,14 @@ std::string DevicesToString(const std::vector<DeviceId>& devices) {
     absl::StrAppend(&s, i ? "," : "", devices[i].ordinal);
   }
   return s;
+}
+
+std::vector<int> CudaOrdinals(const std::vector<DeviceId>& devices) {
+  std::vector<int> ordinals;
+  for (const DeviceId& d : devices) {
+    if (d.kind == DeviceKind::kCuda) ordinals.push_back(d.ordinal);
+  }
+  return ordinals;
 }
 
 std::string_view QuantizeName(Quantize q) {

@@ -40,6 +40,8 @@ struct NodeConfig {
 // "cpu", "cuda:0", "cuda:0,1" (several devices), or a YAML list of those.
 StatusOr<std::vector<DeviceId>> ParseDevices(const std::vector<std::string>& items);
 std::string DevicesToString(const std::vector<DeviceId>& devices);
+// The CUDA device indices among `devices`, in order; empty for {cpu}.
+std::vector<int> CudaOrdinals(const std::vector<DeviceId>& devices);
 std::string_view QuantizeName(Quantize q);
 
 // The settings table (YAML keys and flags).

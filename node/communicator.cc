@@ -18,8 +18,35 @@ class InProcessGroup::RankCommunicator final : public Communicator {
   int rank_;
 };
 
+RankBarrier::RankBarrier(int size) : size_(size) { CHECK_GE(size, 1); }
+
+bool RankBarrier::Wait() {
+  std::unique_lock lock(mutex_);
+  if (aborted_) return false;
+  const unsigned generation = generation_;
+  if (++arrived_ == size_) {
+    arrived_ = 0;
+    ++generation_;
+    cv_.notify_all();
+    return true;
+  }
+  cv_.wait(lock, [&] { return aborted_ || generation_ != generation; });
+  return generation_ != generation;
+}
+
+void RankBarrier::Abort() {
+  {
+    std::lock_guard lock(mutex_);
+    aborted_ = true;
+  }
+  cv_.notify_all();
+}
+
 InProcessGroup::InProcessGroup(int size)
-    : size_(size), buffers_(static_cast<size_t>(size)), counts_(static_cast<size_t>(size)) {
+    : size_(size),
+      buffers_(static_cast<size_t>(size)),
+      counts_(static_cast<size_t>(size)),
+      barrier_(size) {
   CHECK_GE(size, 1);
   for (int r = 0; r < size; ++r) ranks_.push_back(std::make_unique<RankCommunicator>(this, r));
 }
@@ -31,23 +58,11 @@ Communicator* InProcessGroup::rank_communicator(int rank) {
   return ranks_[static_cast<size_t>(rank)].get();
 }
 
-void InProcessGroup::Barrier() {
-  std::unique_lock lock(mutex_);
-  unsigned generation = generation_;
-  if (++arrived_ == size_) {
-    arrived_ = 0;
-    ++generation_;
-    cv_.notify_all();
-    return;
-  }
-  cv_.wait(lock, [&] { return generation_ != generation; });
-}
-
 void InProcessGroup::AllReduceSum(int rank, float* data, size_t count) {
   if (size_ == 1) return;
   buffers_[static_cast<size_t>(rank)] = data;
   counts_[static_cast<size_t>(rank)] = count;
-  Barrier();  // every buffer is published (the mutex orders the writes)
+  barrier_.Wait();  // every buffer is published (the mutex orders the writes)
   for (int r = 0; r < size_; ++r) CHECK_EQ(counts_[static_cast<size_t>(r)], count);
   size_t begin = count * static_cast<size_t>(rank) / static_cast<size_t>(size_);
   size_t end = count * static_cast<size_t>(rank + 1) / static_cast<size_t>(size_);
@@ -56,7 +71,7 @@ void InProcessGroup::AllReduceSum(int rank, float* data, size_t count) {
     for (int r = 1; r < size_; ++r) sum += buffers_[static_cast<size_t>(r)][i];
     for (int r = 0; r < size_; ++r) buffers_[static_cast<size_t>(r)][i] = sum;
   }
-  Barrier();  // every slice is written before any rank reads its buffer again
+  barrier_.Wait();  // every slice is written before any rank reads its buffer again
 }
 
 }  // namespace tandem

@@ -1,7 +1,9 @@
 #pragma once
 // Tensor-parallel communication between the ranks of one stage. The layer
 // function calls AllReduceSum once after the attention block and once after
-// the MLP block; everything else a rank computes is local.
+// the MLP block; everything else a rank computes is local. Here the ranks of
+// a CPU stage (threads of one process); node/cuda_communicator.h has those
+// of a GPU stage (NCCL).
 #include <condition_variable>
 #include <cstddef>
 #include <memory>
@@ -16,8 +18,10 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   // Replaces data[0, count) on every rank with the element-wise sum over all
-  // ranks. Every rank must call it with the same count; it returns on a rank
-  // once that rank's buffer holds the sum.
+  // ranks. Every rank must call it with the same count. Host ranks: it
+  // returns once this rank's buffer holds the sum. GPU ranks: data is device
+  // memory and the call is ordered on the rank's stream: it returns once the
+  // reduction is enqueued, and what the stream runs next sees the sum.
   virtual void AllReduceSum(float* data, size_t count) = 0;
 };
 
@@ -27,6 +31,26 @@ class SoloCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   void AllReduceSum(float*, size_t) override {}
+};
+
+// Where N threads of one process meet: Wait returns once all N have
+// called it (then it can be used again), or at once, with false, after
+// Abort.
+class RankBarrier {
+ public:
+  explicit RankBarrier(int size);
+  int size() const { return size_; }
+  bool Wait();
+  // Frees every thread that waits, and every later Wait. Thread-safe.
+  void Abort();
+
+ private:
+  int size_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  unsigned generation_ = 0;
+  bool aborted_ = false;
 };
 
 // N ranks on N threads of one process. All ranks publish their buffer, wait
@@ -44,17 +68,13 @@ class InProcessGroup {
 
  private:
   class RankCommunicator;
-  void Barrier();
   void AllReduceSum(int rank, float* data, size_t count);
 
   int size_;
   std::vector<std::unique_ptr<RankCommunicator>> ranks_;
   std::vector<float*> buffers_;
   std::vector<size_t> counts_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int arrived_ = 0;
-  unsigned generation_ = 0;
+  RankBarrier barrier_;
 };
 
 }  // namespace tandem

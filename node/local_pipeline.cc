@@ -33,7 +33,7 @@ StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(
                             static_cast<size_t>(stage.range.layer_end - stage.range.layer_begin) /
                             static_cast<size_t>(spec.num_layers);
     ASSIGN_OR_RETURN(std::unique_ptr<Stage> executor,
-                     CreateStage(spec, shared, stage, options.cuda_device));
+                     CreateStage(spec, shared, stage, options.cuda_devices));
     pipeline->stages_.push_back(std::move(executor));
   }
   pipeline->received_ = AlignedBuffer(static_cast<size_t>(options.stage.max_batch_tokens) *

@@ -23,8 +23,9 @@ struct PipelineOptions {
   // kv_budget_bytes is the budget of the whole model (split by layers).
   StageOptions stage = {};
   Codec codec = Codec::kNone;  // lossless codecs only: stages must agree bit for bit
-  // -1: every stage on the CPU; N: every stage on CUDA device N.
-  int cuda_device = -1;
+  // Empty: every stage on the CPU. Else every stage on these CUDA devices,
+  // one tensor-parallel rank each (stage.tp must be their count).
+  std::vector<int> cuda_devices = {};
 };
 
 class LocalPipeline {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "node/stage_executor.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "node/cuda_stage_executor.h"
@@ -102,18 +103,19 @@ StatusOr<std::span<const SampledToken>> Stage::ForwardAndSample(
 
 StatusOr<std::unique_ptr<Stage>> CreateStage(const ModelSpec& spec,
                                              std::shared_ptr<const Checkpoint> checkpoint,
-                                             const StageOptions& options, int cuda_device) {
-  if (cuda_device < 0) {
+                                             const StageOptions& options,
+                                             const std::vector<int>& cuda_devices) {
+  if (cuda_devices.empty()) {
     ASSIGN_OR_RETURN(auto stage, StageExecutor::Create(spec, std::move(checkpoint), options));
     return std::unique_ptr<Stage>(std::move(stage));
   }
 #ifdef TANDEM_HAVE_CUDA
   ASSIGN_OR_RETURN(auto stage,
-                   CudaStageExecutor::Create(spec, std::move(checkpoint), options, cuda_device));
+                   CudaStageExecutor::Create(spec, std::move(checkpoint), options, cuda_devices));
   return std::unique_ptr<Stage>(std::move(stage));
 #else
   return absl::UnimplementedError(absl::StrCat(
-      "cuda:", cuda_device, " was asked for, but this build has no CUDA backend "
+      "cuda:", absl::StrJoin(cuda_devices, ","), " was asked for, but this build has no CUDA backend "
       "(configure with TANDEM_CUDA=ON on a machine with the CUDA toolkit)"));
 #endif
 }

@@ -107,10 +107,13 @@ class Stage {
 // The model's rotary embedding, as the kernels take it.
 cpu::RopeParams RopeParamsFor(const ModelSpec& spec);
 
-// A stage on the CPU (cuda_device < 0) or on CUDA device `cuda_device`; the
-// latter is an error in a build without the CUDA backend.
+// A stage on the CPU (no cuda_devices; options.tp ranks on threads) or on
+// the CUDA devices `cuda_devices`, one tensor-parallel rank each (options.tp
+// must be their count); the latter is an error in a build without the CUDA
+// backend.
 StatusOr<std::unique_ptr<Stage>> CreateStage(const ModelSpec& spec,
                                              std::shared_ptr<const Checkpoint> checkpoint,
-                                             const StageOptions& options, int cuda_device = -1);
+                                             const StageOptions& options,
+                                             const std::vector<int>& cuda_devices = {});
 
 }  // namespace tandem

@@ -80,7 +80,8 @@ StageExecutor::StageExecutor(const ModelSpec& spec, const StageOptions& options,
       positions_(static_cast<size_t>(options.max_batch_tokens)),
       attn_seqs_(static_cast<size_t>(options.max_batch_sequences)),
       last_rows_(static_cast<size_t>(options.max_batch_sequences)),
-      reservations_(static_cast<size_t>(options.max_batch_sequences)) {
+      reservations_(static_cast<size_t>(options.max_batch_sequences)),
+      rank_threads_(options.tp) {
   const int tp = options.tp;
   const int64_t max_t = options.max_batch_tokens, max_s = options.max_batch_sequences;
   const int total_threads =
@@ -116,37 +117,11 @@ StageExecutor::StageExecutor(const ModelSpec& spec, const StageOptions& options,
     ranks_.push_back(std::move(rank));
   }
   if (is_last()) logits_ = Floats(max_s, spec.vocab_size);
-  for (int r = 1; r < tp; ++r) rank_threads_.emplace_back([this, r] { RankThreadLoop(r); });
 }
 
-StageExecutor::~StageExecutor() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-  }
-  start_cv_.notify_all();
-  for (std::thread& t : rank_threads_) t.join();
-}
+StageExecutor::~StageExecutor() = default;
 
 int StageExecutor::threads_per_rank() const { return ranks_[0]->pool->size(); }
-
-void StageExecutor::RankThreadLoop(int rank) {
-  uint64_t seen = 0;
-  while (true) {
-    {
-      std::unique_lock lock(mutex_);
-      start_cv_.wait(lock, [&] { return stopping_ || step_generation_ != seen; });
-      if (stopping_) return;
-      seen = step_generation_;
-    }
-    RunRank(*ranks_[static_cast<size_t>(rank)]);
-    {
-      std::lock_guard lock(mutex_);
-      ++ranks_done_;
-    }
-    done_cv_.notify_one();
-  }
-}
 
 StatusOr<std::span<const float>> StageExecutor::Forward(std::span<const SequenceStep> seqs,
                                                         std::span<const int32_t> tokens,
@@ -177,19 +152,7 @@ StatusOr<std::span<const float>> StageExecutor::Forward(std::span<const Sequence
   step_tokens_ = tokens;
   step_hidden_ = hidden;
 
-  if (options_.tp > 1) {
-    {
-      std::lock_guard lock(mutex_);
-      ranks_done_ = 0;
-      ++step_generation_;
-    }
-    start_cv_.notify_all();
-  }
-  RunRank(*ranks_[0]);
-  if (options_.tp > 1) {
-    std::unique_lock lock(mutex_);
-    done_cv_.wait(lock, [&] { return ranks_done_ == options_.tp - 1; });
-  }
+  rank_threads_.Run([this](int r) { RunRank(*ranks_[static_cast<size_t>(r)]); });
 
   if (!is_last()) {
     return std::span<const float>(ranks_[0]->residual.As<float>(),

@@ -4,12 +4,9 @@
 // weight shard and kv heads. Every buffer is allocated at Create() for the
 // largest batch (options.max_batch_tokens, options.max_batch_sequences);
 // Forward never allocates.
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <span>
-#include <thread>
 #include <vector>
 
 #include "core/status.h"
@@ -22,6 +19,7 @@
 #include "node/communicator.h"
 #include "node/model_weights.h"
 #include "node/paged_kv_cache.h"
+#include "node/rank_threads.h"
 #include "node/stage.h"
 
 namespace tandem {
@@ -58,7 +56,6 @@ class StageExecutor final : public Stage {
   // The whole stage on one rank; runs on that rank's thread.
   void RunRank(Rank& rank);
   void LayerForward(Rank& rank, const LayerWeights& w, cpu::PagedKv& kv);
-  void RankThreadLoop(int rank);
 
   ModelSpec spec_;
   StageOptions options_;
@@ -78,15 +75,7 @@ class StageExecutor final : public Stage {
   std::vector<int64_t> last_rows_;                 // [max_batch_sequences]
   std::vector<KvReservation> reservations_;        // [max_batch_sequences]
   AlignedBuffer logits_;                           // [max_batch_sequences, vocab], last stage
-
-  // Rank threads 1..tp-1 wait here for a step; rank 0 runs on the caller.
-  std::vector<std::thread> rank_threads_;
-  std::mutex mutex_;
-  std::condition_variable start_cv_;
-  std::condition_variable done_cv_;
-  uint64_t step_generation_ = 0;
-  int ranks_done_ = 0;
-  bool stopping_ = false;
+  RankThreads rank_threads_;                       // last: its threads use the members above
 };
 
 }  // namespace tandem

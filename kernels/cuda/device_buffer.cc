@@ -38,7 +38,7 @@ void DeviceBuffer::CopyToHost(void* dst, size_t bytes) const {
 
 PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes == 0) return;
-  const cudaError_t st = cudaHostAlloc(&data_, bytes, cudaHostAllocDefault);
+  const cudaError_t st = cudaHostAlloc(&data_, bytes, cudaHostAllocPortable);
   if (st != cudaSuccess) {
     cudaGetLastError();
     data_ = nullptr;

@@ -45,7 +45,8 @@ class DeviceBuffer {
 };
 
 // Page-locked host memory (cudaHostAlloc / cudaFreeHost), so copies to and
-// from the device run asynchronously on a stream.
+// from the device run asynchronously on a stream; portable: pinned for every
+// device, so the ranks of a multi-GPU stage share one input buffer.
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;

@@ -234,4 +234,53 @@ void MatMul(const GemmContext& ctx, const float* x, int64_t T, const DeviceMatri
   }
 }
 
+namespace {
+// The measurement's device memory, cuBLAS handle and events, freed however
+// it ends.
+struct GemmProbe {
+  void* a = nullptr;
+  void* b = nullptr;
+  void* c = nullptr;
+  cublasHandle_t handle = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ~GemmProbe() {
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+    if (handle != nullptr) cublasDestroy(handle);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(c);
+  }
+};
+}  // namespace
+
+double MeasureGemmPeakGflops(int device) {
+  CUDA_CHECK(cudaSetDevice(device));
+  constexpr int kN = 8192;
+  constexpr size_t kElems = size_t{kN} * kN;
+  GemmProbe p;
+  CUDA_CHECK(cudaMalloc(&p.a, kElems * sizeof(uint16_t)));
+  CUDA_CHECK(cudaMalloc(&p.b, kElems * sizeof(uint16_t)));
+  CUDA_CHECK(cudaMalloc(&p.c, kElems * sizeof(float)));
+  CUDA_CHECK(cudaMemset(p.a, 0, kElems * sizeof(uint16_t)));
+  CUDA_CHECK(cudaMemset(p.b, 0, kElems * sizeof(uint16_t)));
+  CUBLAS_CHECK(cublasCreate(&p.handle));
+  CUDA_CHECK(cudaEventCreate(&p.start));
+  CUDA_CHECK(cudaEventCreate(&p.stop));
+  const float alpha = 1.0f, beta = 0.0f;
+  double best_ms = 0;
+  for (int i = 0; i < 6; ++i) {
+    CUDA_CHECK(cudaEventRecord(p.start));
+    CUBLAS_CHECK(cublasGemmEx(p.handle, CUBLAS_OP_T, CUBLAS_OP_N, kN, kN, kN, &alpha, p.a,
+                              CUDA_R_16BF, kN, p.b, CUDA_R_16BF, kN, &beta, p.c, CUDA_R_32F, kN,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUDA_CHECK(cudaEventRecord(p.stop));
+    CUDA_CHECK(cudaEventSynchronize(p.stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, p.start, p.stop));
+    if (i > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;  // the first is a warm-up
+  }
+  return 2.0 * kN * static_cast<double>(kN) * kN / (best_ms * 1e6);
+}
+
 }  // namespace tandem::cuda

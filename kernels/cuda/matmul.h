@@ -51,4 +51,10 @@ size_t PrefillScratchBytes(int64_t T, int64_t cols);
 void MatMul(const GemmContext& ctx, const float* x, int64_t T, const DeviceMatrix& w,
             const float* bias, float* y, cudaStream_t stream);
 
+// cuBLAS's own rate for the prefill GEMM's form (bf16 operands, f32
+// accumulation and output) on GPU `device`, in GFLOP/s: the best of five
+// 8192 x 8192 x 8192 products after a warm-up. Throws CudaError when the
+// device or its memory is missing.
+double MeasureGemmPeakGflops(int device);
+
 }  // namespace tandem::cuda

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "config/node_config.h"
 #include "core/status.h"
@@ -46,7 +47,9 @@ class NodeDaemon {
   v1::Hello hello_;
   std::string address_;  // advertised
   uint64_t memory_budget_ = 0;
-  int cuda_device_ = -1;  // the GPU this node computes on; -1: the CPU
+  // The GPUs this node computes on, one tensor-parallel rank each; empty:
+  // the CPU.
+  std::vector<int> cuda_devices_;
   uint64_t kv_budget_ = 0;
   std::unique_ptr<NodeService> service_;
   std::unique_ptr<grpc::Server> server_;

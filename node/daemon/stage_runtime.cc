@@ -27,8 +27,9 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
 
 StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(
     const ModelSpec& spec, std::shared_ptr<const Checkpoint> checkpoint,
-    const StageOptions& options, std::unique_ptr<NextStageLink> next, int cuda_device) {
-  ASSIGN_OR_RETURN(auto executor, CreateStage(spec, std::move(checkpoint), options, cuda_device));
+    const StageOptions& options, std::unique_ptr<NextStageLink> next,
+    const std::vector<int>& cuda_devices) {
+  ASSIGN_OR_RETURN(auto executor, CreateStage(spec, std::move(checkpoint), options, cuda_devices));
   if (!executor->is_last() && !next) {
     return absl::InvalidArgumentError("a stage that is not the last needs a next stage address");
   }

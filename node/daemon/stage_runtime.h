@@ -48,11 +48,13 @@ struct StageStats {
 
 class StageRuntime {
  public:
-  // Loads the stage on the CPU (cuda_device < 0) or on that CUDA device.
+  // Loads the stage on the CPU (no cuda_devices) or on those CUDA devices,
+  // one tensor-parallel rank each (CreateStage).
   // `next` is null on the last stage.
   static StatusOr<std::unique_ptr<StageRuntime>> Create(
       const ModelSpec& spec, std::shared_ptr<const Checkpoint> checkpoint,
-      const StageOptions& options, std::unique_ptr<NextStageLink> next, int cuda_device = -1);
+      const StageOptions& options, std::unique_ptr<NextStageLink> next,
+      const std::vector<int>& cuda_devices = {});
   ~StageRuntime();
 
   // Thread-safe; returns at once.

@@ -1,5 +1,6 @@
 #include "node/communicator.h"
 
+#include <chrono>
 #include <random>
 #include <thread>
 #include <vector>
@@ -46,6 +47,27 @@ TEST(CommunicatorTest, TwoRanks) { RunAllReduce(2, 1001, 5); }
 TEST(CommunicatorTest, ThreeRanksOddSizes) { RunAllReduce(3, 7, 20); }
 TEST(CommunicatorTest, MoreRanksThanElements) { RunAllReduce(4, 3, 10); }
 TEST(CommunicatorTest, OneRankIsTheIdentity) { RunAllReduce(1, 17, 2); }
+
+TEST(RankBarrierTest, MeetsAgainAndAgainAndAbortFreesAWaiter) {
+  RankBarrier barrier(3);
+  std::vector<std::thread> threads;
+  std::vector<int> met(3, 0);
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      for (int i = 0; i < 100; ++i) met[static_cast<size_t>(r)] += barrier.Wait() ? 1 : 0;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(met, (std::vector<int>{100, 100, 100}));
+
+  bool waited = true;
+  std::thread alone([&] { waited = barrier.Wait(); });  // the other two never come
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  barrier.Abort();
+  alone.join();
+  EXPECT_FALSE(waited);
+  EXPECT_FALSE(barrier.Wait());  // and every later call
+}
 
 TEST(CommunicatorTest, SoloLeavesDataAlone) {
   SoloCommunicator solo;

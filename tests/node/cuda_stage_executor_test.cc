@@ -1,7 +1,8 @@
 // The GPU stage against the CPU stage on generated tiny models: the same
 // logits for decode steps and prefill chunks, a mixed batch, a split across
-// two stages, quantized weights, sampling on the GPU, and bad input refused.
-// Skips without a GPU.
+// two stages, quantized weights, sampling on the GPU, tensor parallelism
+// against one rank, and bad input refused. Skips without a GPU (the device
+// list checks run everywhere).
 #include "node/cuda_stage_executor.h"
 
 #include <unistd.h>
@@ -66,7 +67,7 @@ void CompareSteps(const Loaded& m, const StageOptions& options, int prefill, int
                   double prefill_tolerance, double decode_tolerance) {
   auto cpu = StageExecutor::Create(m.spec, m.checkpoint, options);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, 0);
+  auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, {0});
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   std::vector<int32_t> prompt = RandomTokens(prefill, m.spec.vocab_size);
   SequenceStep step{.seq_id = 5, .start = 0, .count = prefill};
@@ -122,8 +123,8 @@ TEST(CudaStageExecutorTest, TwoStagesPassHiddenStates) {
   REQUIRE_GPU();
   Loaded m = Load(MakeModel("llama-split", "--preset tiny-llama --dtype f32 --seed 26"));
   const int half = m.spec.num_layers / 2;
-  auto first = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec, 0, half), 0);
-  auto second = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec, half), 0);
+  auto first = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec, 0, half), {0});
+  auto second = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec, half), {0});
   auto whole = StageExecutor::Create(m.spec, m.checkpoint, Options(m.spec));
   ASSERT_TRUE(first.ok() && second.ok() && whole.ok());
   std::vector<int32_t> prompt = RandomTokens(7, m.spec.vocab_size);
@@ -142,8 +143,8 @@ TEST(CudaStageExecutorTest, TwoStagesPassHiddenStates) {
 TEST(CudaStageExecutorTest, MixedBatchEqualsSequencesAlone) {
   REQUIRE_GPU();
   Loaded m = Load(MakeModel("qwen2-mixed", "--preset tiny-qwen2 --dtype f32 --seed 27"));
-  auto alone = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 0);
-  auto mixed = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 0);
+  auto alone = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), {0});
+  auto mixed = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), {0});
   ASSERT_TRUE(alone.ok() && mixed.ok());
   std::vector<int32_t> a = RandomTokens(5, m.spec.vocab_size), b = RandomTokens(3, m.spec.vocab_size);
   // Both sequences prefill separately, then sequence 1 decodes while 2 prefills more.
@@ -178,8 +179,8 @@ TEST(CudaStageExecutorTest, GraphReplayEqualsDirectLaunches) {
   Loaded m = Load(MakeModel("llama-graph", "--preset tiny-llama --dtype bf16 --seed 29"));
   StageOptions with = Options(m.spec), without = Options(m.spec);
   without.cuda_graphs = false;
-  auto graphs = CudaStageExecutor::Create(m.spec, m.checkpoint, with, 0);
-  auto direct = CudaStageExecutor::Create(m.spec, m.checkpoint, without, 0);
+  auto graphs = CudaStageExecutor::Create(m.spec, m.checkpoint, with, {0});
+  auto direct = CudaStageExecutor::Create(m.spec, m.checkpoint, without, {0});
   ASSERT_TRUE(graphs.ok() && direct.ok());
   std::vector<int32_t> prompt = RandomTokens(4, m.spec.vocab_size);
   for (uint64_t id = 1; id <= 3; ++id) {
@@ -224,7 +225,7 @@ TEST(CudaStageExecutorTest, SamplingOnTheGpuMatchesTheCpuStage) {
     StageOptions options = Options(m.spec);
     options.cuda_graphs = graphs;
     auto cpu = StageExecutor::Create(m.spec, m.checkpoint, options);
-    auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, 0);
+    auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, {0});
     ASSERT_TRUE(cpu.ok() && gpu.ok());
     std::vector<std::unique_ptr<SequenceSampler>> on_cpu, on_gpu;
     std::vector<SequenceStep> steps;
@@ -272,15 +273,148 @@ TEST(CudaStageExecutorTest, SamplingOnTheGpuMatchesTheCpuStage) {
 TEST(CudaStageExecutorTest, BadInputIsAnErrorAndTheStageLivesOn) {
   REQUIRE_GPU();
   Loaded m = Load(MakeModel("llama-bad", "--preset tiny-llama --dtype f32 --seed 28"));
-  auto stage = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 0);
+  auto stage = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), {0});
   ASSERT_TRUE(stage.ok()) << stage.status();
   const int32_t bad = m.spec.vocab_size;
   SequenceStep s{.seq_id = 1, .start = 0, .count = 1};
   EXPECT_FALSE((*stage)->Forward({&s, 1}, {&bad, 1}, {}).ok());
   const int32_t good = 1;
   EXPECT_TRUE((*stage)->Forward({&s, 1}, {&good, 1}, {}).ok());
-  EXPECT_FALSE(CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), 999).ok());
+  EXPECT_FALSE(CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), {999}).ok());
+}
+
+// The same steps through a one-rank GPU stage and through one rank per
+// entry of `devices`: a prompt of `prefill` tokens, greedy decode steps fed
+// from the one-rank stage's choice, then sampling on the GPU (greedy and
+// seeded top-k) for both. Logits within `tolerance` relative (the ranks only
+// reorder the sums); the sampled tokens are the same. int8 quantizes each
+// rank's shard with its own row scales, so the row-parallel matrices'
+// scales differ from one rank's: close logits, tokens not compared.
+void CompareTensorParallel(const Loaded& m, const std::vector<int>& devices,
+                           WeightQuantization quantize, int prefill, double tolerance) {
+  const bool same_weights = quantize != WeightQuantization::kInt8;
+  StageOptions one = Options(m.spec, 0, -1, quantize);
+  StageOptions split = one;
+  split.tp = static_cast<int>(devices.size());
+  auto a = CudaStageExecutor::Create(m.spec, m.checkpoint, one, {devices[0]});
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = CudaStageExecutor::Create(m.spec, m.checkpoint, split, devices);
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::vector<int32_t> prompt = RandomTokens(prefill, m.spec.vocab_size);
+  SequenceStep step{.seq_id = 3, .start = 0, .count = prefill};
+  auto want = (*a)->Forward({&step, 1}, prompt, {});
+  ASSERT_TRUE(want.ok()) << want.status();
+  std::vector<float> expected(want->begin(), want->end());
+  auto got = (*b)->Forward({&step, 1}, prompt, {});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_LT(RelL2(*got, expected), tolerance) << "prefill of " << prefill;
+  int64_t position = prefill;
+  for (int i = 0; i < 6; ++i, ++position) {
+    const int32_t t = static_cast<int32_t>(std::max_element(expected.begin(), expected.end()) -
+                                           expected.begin());
+    SequenceStep s{.seq_id = 3, .start = position, .count = 1};
+    auto w = (*a)->Forward({&s, 1}, {&t, 1}, {});
+    ASSERT_TRUE(w.ok()) << w.status();
+    expected.assign(w->begin(), w->end());
+    auto g = (*b)->Forward({&s, 1}, {&t, 1}, {});
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_LT(RelL2(*g, expected), tolerance) << "decode step " << i;
+  }
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const std::vector<SamplingParams> params = {
+      {.temperature = 0.0f}, {.temperature = 1.0f, .top_k = 5, .seed = seed}};
+  std::vector<std::unique_ptr<SequenceSampler>> on_a, on_b;
+  std::vector<SequenceStep> steps;
+  std::vector<int32_t> tokens;
+  for (size_t i = 0; i < params.size(); ++i) {
+    on_a.push_back(std::make_unique<SequenceSampler>(params[i], m.spec.vocab_size));
+    on_b.push_back(std::make_unique<SequenceSampler>(params[i], m.spec.vocab_size));
+    const std::vector<int32_t> p = RandomTokens(3, m.spec.vocab_size);
+    on_a.back()->SetPrompt(p);
+    on_b.back()->SetPrompt(p);
+    steps.push_back({.seq_id = 10 + i, .start = 0, .count = 3});
+    tokens.insert(tokens.end(), p.begin(), p.end());
+  }
+  for (int k = 0; k < 4; ++k) {
+    std::vector<SequenceSampler*> sa = {on_a[0].get(), on_a[1].get()};
+    std::vector<SequenceSampler*> sb = {on_b[0].get(), on_b[1].get()};
+    auto ta = (*a)->ForwardAndSample(steps, tokens, {}, sa);
+    ASSERT_TRUE(ta.ok()) << ta.status();
+    const std::vector<SampledToken> ea(ta->begin(), ta->end());
+    auto tb = (*b)->ForwardAndSample(steps, tokens, {}, sb);
+    ASSERT_TRUE(tb.ok()) << tb.status();
+    tokens.clear();
+    for (size_t i = 0; i < steps.size(); ++i) {
+      if (same_weights) {
+        EXPECT_EQ((*tb)[i].token, ea[i].token) << "sampling step " << k << " sequence " << i;
+      }
+      tokens.push_back(ea[i].token);
+      on_a[i]->SetPrompt({&tokens.back(), 1});
+      on_b[i]->SetPrompt({&tokens.back(), 1});
+      steps[i].start += steps[i].count;
+      steps[i].count = 1;
+    }
+  }
+}
+
+// One GPU holds every rank (the group reduces with device copies and adds
+// between host barriers): the split, the per-block all-reduces and the
+// gathered vocabulary are checked wherever a GPU is lent.
+TEST(CudaStageExecutorTest, TensorParallelRanksOnOneGpuMatchOneRank) {
+  REQUIRE_GPU();
+  for (auto [name, args] :
+       {std::pair{"llama-f32", "--preset tiny-llama --dtype f32 --seed 21"},
+        std::pair{"qwen2-bf16", "--preset tiny-qwen2 --dtype bf16 --seed 22"},
+        std::pair{"llama-tied", "--preset tiny-llama --dtype f16 --seed 23 --tied"}}) {
+    SCOPED_TRACE(name);
+    Loaded m = Load(MakeModel(name, args));
+    CompareTensorParallel(m, {0, 0}, WeightQuantization::kNone, 6, 1e-5);
+  }
+  Loaded m = Load(MakeModel("llama-bf16", "--preset tiny-llama --dtype bf16 --seed 24"));
+  {
+    SCOPED_TRACE("a 40-token prefill through cuBLAS");
+    CompareTensorParallel(m, {0, 0}, WeightQuantization::kNone, 40, 1e-4);
+  }
+  {
+    // Groups of 32 fall on the shards' edges: the same int4 weights.
+    SCOPED_TRACE("int4");
+    CompareTensorParallel(m, {0, 0}, WeightQuantization::kInt4, 5, 1e-5);
+    SCOPED_TRACE("int8");
+    CompareTensorParallel(m, {0, 0}, WeightQuantization::kInt8, 5, 3e-2);
+  }
+  // Three ranks, and a vocabulary of 601 rows split 200 / 200 / 201.
+  Loaded odd = Load(MakeModel("llama-tp3", "--arch llama --hidden 96 --layers 2 --heads 6 "
+                                           "--kv-heads 3 --intermediate 192 --vocab 601 "
+                                           "--dtype f32 --seed 31"));
+  SCOPED_TRACE("tp 3, uneven vocabulary");
+  CompareTensorParallel(odd, {0, 0, 0}, WeightQuantization::kNone, 6, 1e-5);
+}
+
+// NCCL between two GPUs, with decode steps captured in graphs.
+TEST(CudaStageExecutorTest, TensorParallelAcrossGpusThroughNcclMatchesOneRank) {
+  REQUIRE_GPU();
+  if (cuda::ListDevices().size() < 2) GTEST_SKIP() << "needs two CUDA GPUs on this machine";
+  Loaded m = Load(MakeModel("qwen2-f32", "--preset tiny-qwen2 --dtype f32 --seed 32"));
+  CompareTensorParallel(m, {0, 1}, WeightQuantization::kNone, 6, 1e-5);
+  Loaded q = Load(MakeModel("llama-bf16", "--preset tiny-llama --dtype bf16 --seed 24"));
+  CompareTensorParallel(q, {0, 1}, WeightQuantization::kInt4, 20, 1e-5);
+}
+
+// Checked before any device is touched, so these run on every machine.
+TEST(CudaStageExecutorTest, RefusesADeviceListThatIsNotOneDevicePerRank) {
+  Loaded m = Load(MakeModel("llama-devices", "--preset tiny-llama --dtype f32 --seed 33"));
+  StageOptions two = Options(m.spec);
+  two.tp = 2;
+  auto short_list = CudaStageExecutor::Create(m.spec, m.checkpoint, two, {0});
+  ASSERT_FALSE(short_list.ok());
+  EXPECT_EQ(short_list.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(short_list.status().message().find("one CUDA device per rank"), std::string::npos)
+      << short_list.status();
+  auto none = CudaStageExecutor::Create(m.spec, m.checkpoint, Options(m.spec), {});
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument) << none.status();
 }
 
 }  // namespace
 }  // namespace tandem
+
