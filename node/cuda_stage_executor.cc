@@ -216,8 +216,14 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
           m.data = upload(m.data, MatrixBytes(m));
           m.scales = static_cast<const float*>(upload(m.scales, ScaleCount(m) * sizeof(float)));
         } else if (slot.vector != nullptr) {
+          // slot.rows is the checkpoint's length; a split vector (a bias of
+          // column-parallel rows) holds this rank's share of it, as the
+          // loader cut it.
+          const int64_t n = slot.split == TpSplit::kRows
+                                ? slot.rows * (index + 1) / tp - slot.rows * index / tp
+                                : slot.rows;
           *slot.vector = static_cast<const float*>(
-              upload(*slot.vector, static_cast<size_t>(slot.rows) * sizeof(float)));
+              upload(*slot.vector, static_cast<size_t>(n) * sizeof(float)));
         }
       });
 
