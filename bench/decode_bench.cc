@@ -85,15 +85,13 @@ Status RunDecodeBench(const DecodeFlags& f) {
   ASSIGN_OR_RETURN(WeightQuantization quantize, ParseWeightQuantization(f.quantize));
   ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({f.device}));
   const std::vector<int> gpus = CudaOrdinals(devices);
-  int tp = f.tp;
-  if (!gpus.empty()) {
-    if (tp != 1 && tp != static_cast<int>(gpus.size())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--tp ", tp, " with --devices ", f.device,
-                       ": on GPUs each device is one tensor-parallel rank (leave out --tp)"));
-    }
-    tp = static_cast<int>(gpus.size());
+  StatusOr<int> ranks = StageRanks(f.tp, gpus);
+  if (!ranks.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--devices ", f.device, ": ",
+                                                   ranks.status().message(),
+                                                   " (leave out --tp)"));
   }
+  const int tp = *ranks;
   // The roofline and the peak: the CPU's, or the sum over the stage's GPUs
   // (every rank streams its own shard at once).
   double roofline_gbps = 0, peak_gflops = 0;

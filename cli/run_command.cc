@@ -55,13 +55,13 @@ struct RunFlags {
 StatusOr<std::vector<int>> ParseRunDevices(const std::string& text, int* tp) {
   ASSIGN_OR_RETURN(std::vector<DeviceId> devices, ParseDevices({text}));
   std::vector<int> gpus = CudaOrdinals(devices);
-  if (gpus.empty()) return gpus;
-  if (*tp != 1 && *tp != static_cast<int>(gpus.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tp ", *tp, " with --device ", text,
-                     ": on GPUs each device is one tensor-parallel rank (leave out --tp)"));
+  StatusOr<int> ranks = StageRanks(*tp, gpus);
+  if (!ranks.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--device ", text, ": ",
+                                                   ranks.status().message(),
+                                                   " (leave out --tp)"));
   }
-  *tp = static_cast<int>(gpus.size());
+  *tp = *ranks;
   return gpus;
 }
 

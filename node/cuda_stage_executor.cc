@@ -217,11 +217,11 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
           m.scales = static_cast<const float*>(upload(m.scales, ScaleCount(m) * sizeof(float)));
         } else if (slot.vector != nullptr) {
           // slot.rows is the checkpoint's length; a split vector (a bias of
-          // column-parallel rows) holds this rank's share of it, as the
-          // loader cut it.
-          const int64_t n = slot.split == TpSplit::kRows
-                                ? slot.rows * (index + 1) / tp - slot.rows * index / tp
-                                : slot.rows;
+          // column-parallel rows) holds this rank's part of it.
+          const auto [begin, end] =
+              slot.split == TpSplit::kRows ? RankPart(slot.rows, index, tp)
+                                           : std::pair<int64_t, int64_t>{0, slot.rows};
+          const int64_t n = end - begin;
           *slot.vector = static_cast<const float*>(
               upload(*slot.vector, static_cast<size_t>(n) * sizeof(float)));
         }
@@ -331,18 +331,18 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
     for (const auto& r : stage->ranks_) r->comm = stage->group_->rank(r->index);
   }
   stage->graphs_ = options.cuda_graphs && (stage->group_ == nullptr || stage->group_->capturable());
-  stage->threads_ = std::make_unique<RankThreads>(tp);
   return stage;
 }
 
 CudaStageExecutor::CudaStageExecutor(const ModelSpec& spec, const StageOptions& options,
                                      PagedKvCache kv)
-    : spec_(spec), options_(options), kv_(std::move(kv)), host_(std::make_unique<Host>()) {}
+    : spec_(spec),
+      options_(options),
+      kv_(std::move(kv)),
+      host_(std::make_unique<Host>()),
+      threads_(options.tp) {}
 
-CudaStageExecutor::~CudaStageExecutor() {
-  threads_.reset();  // no rank runs while the group and the ranks go
-  group_.reset();
-}
+CudaStageExecutor::~CudaStageExecutor() = default;
 
 std::string CudaStageExecutor::device_name() const {
   std::string name = "cuda:";
@@ -412,7 +412,7 @@ StatusOr<int64_t> CudaStageExecutor::PrepareStep(std::span<const SequenceStep> s
 }
 
 Status CudaStageExecutor::RunStep(int64_t T, int64_t S, bool sample) {
-  threads_->Run([&](int index) {
+  threads_.Run([&](int index) {
     Rank& r = *ranks_[static_cast<size_t>(index)];
     r.error.clear();
     try {

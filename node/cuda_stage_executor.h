@@ -102,7 +102,7 @@ class CudaStageExecutor final : public Stage {
   Status broken_;                         // set when a rank of several failed
   int64_t table_entries_ = 0;  // block-table entries of the prepared step
   int64_t num_tiles_ = 0;      // prefill attention tiles of the prepared step
-  std::unique_ptr<RankThreads> threads_;  // last: its threads use the members above
+  RankThreads threads_;  // last, so destroyed first: its threads use the members above
 };
 
 }  // namespace tandem

@@ -9,6 +9,10 @@
 
 namespace tandem {
 
+std::pair<int64_t, int64_t> RankPart(int64_t n, int rank, int tp) {
+  return {n * rank / tp, n * (rank + 1) / tp};
+}
+
 StatusOr<WeightQuantization> ParseWeightQuantization(std::string_view name) {
   if (name == "none" || name.empty()) return WeightQuantization::kNone;
   if (name == "int8") return WeightQuantization::kInt8;
@@ -53,10 +57,6 @@ cpu::WeightMatrix RowSlice(const cpu::WeightMatrix& w, int64_t begin, int64_t en
   out.data = static_cast<const uint8_t*>(w.data) + RowBytes(w.dtype, w.cols) * static_cast<size_t>(begin);
   if (w.scales != nullptr) out.scales = w.scales + ScalesPerRow(w) * static_cast<size_t>(begin);
   return out;
-}
-
-std::pair<int64_t, int64_t> RankPart(int64_t n, int rank, int tp) {
-  return {n * rank / tp, n * (rank + 1) / tp};
 }
 
 class Loader {

@@ -13,6 +13,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -36,6 +37,9 @@ enum class TpSplit {
   kRows,        // column-parallel: rank r holds output rows [r*R/tp, (r+1)*R/tp)
   kColumns,     // row-parallel: rank r holds input columns [r*C/tp, (r+1)*C/tp)
 };
+
+// Rank `rank`'s part [begin, end) of `n` rows or columns split over tp ranks.
+std::pair<int64_t, int64_t> RankPart(int64_t n, int rank, int tp);
 
 // One entry of the description.
 struct TensorSlot {

@@ -101,6 +101,17 @@ StatusOr<std::span<const SampledToken>> Stage::ForwardAndSample(
   return std::span<const SampledToken>(sampled_);
 }
 
+StatusOr<int> StageRanks(int tp, const std::vector<int>& cuda_devices) {
+  const int gpus = static_cast<int>(cuda_devices.size());
+  if (gpus == 0) return tp;
+  if (tp != 1 && tp != gpus) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor parallelism ", tp, " on ", gpus,
+                     " GPUs: on GPUs each device is one tensor-parallel rank"));
+  }
+  return gpus;
+}
+
 StatusOr<std::unique_ptr<Stage>> CreateStage(const ModelSpec& spec,
                                              std::shared_ptr<const Checkpoint> checkpoint,
                                              const StageOptions& options,

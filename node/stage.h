@@ -107,6 +107,11 @@ class Stage {
 // The model's rotary embedding, as the kernels take it.
 cpu::RopeParams RopeParamsFor(const ModelSpec& spec);
 
+// The tensor-parallel ranks of a stage asked to run `tp` ranks on
+// `cuda_devices`: tp on the CPU (no devices); on GPUs one rank per device,
+// so tp must be 1 (nothing asked) or the device count.
+StatusOr<int> StageRanks(int tp, const std::vector<int>& cuda_devices);
+
 // A stage on the CPU (no cuda_devices; options.tp ranks on threads) or on
 // the CUDA devices `cuda_devices`, one tensor-parallel rank each (options.tp
 // must be their count); the latter is an error in a build without the CUDA

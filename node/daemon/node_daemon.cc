@@ -201,15 +201,11 @@ v1::LoadShardResponse NodeDaemon::Load(const v1::ShardAssignment& a) {
     if (!checkpoint.ok()) return fail(std::string(checkpoint.status().message()));
     StageOptions options;
     options.range = {static_cast<int>(a.first_layer()), static_cast<int>(a.last_layer())};
-    options.tp = a.tensor_parallel() > 0 ? static_cast<int>(a.tensor_parallel()) : 1;
-    if (!cuda_devices_.empty()) {
-      // A GPU node's ranks are its GPUs, whatever the plan's default.
-      if (options.tp != 1 && options.tp != static_cast<int>(cuda_devices_.size())) {
-        return fail(absl::StrCat("the assignment asks for tensor parallelism ", options.tp,
-                                 " but this node has ", cuda_devices_.size(), " GPUs"));
-      }
-      options.tp = static_cast<int>(cuda_devices_.size());
-    }
+    // A GPU node's ranks are its GPUs, whatever the plan's default.
+    auto ranks = StageRanks(a.tensor_parallel() > 0 ? static_cast<int>(a.tensor_parallel()) : 1,
+                            cuda_devices_);
+    if (!ranks.ok()) return fail(absl::StrCat("the assignment asks for ", ranks.status().message()));
+    options.tp = *ranks;
     options.threads = config_.threads;
     if (a.max_batch_tokens() > 0) options.max_batch_tokens = static_cast<int>(a.max_batch_tokens());
     if (a.max_batch_sequences() > 0) {

@@ -59,35 +59,42 @@ StageOptions Options(const ModelSpec& spec, int begin = 0, int end = -1,
                       .quantize = quantize};
 }
 
-// Runs the same steps through a CPU and a GPU stage and compares each
-// step's output: `prefill` tokens in one step (the cuBLAS path when above 8,
-// which rounds activations to the weight type), then greedy decode steps
-// (the GEMV path, f32 activations) fed from the CPU's choice.
-void CompareSteps(const Loaded& m, const StageOptions& options, int prefill, int decode,
-                  double prefill_tolerance, double decode_tolerance) {
-  auto cpu = StageExecutor::Create(m.spec, m.checkpoint, options);
-  ASSERT_TRUE(cpu.ok()) << cpu.status();
-  auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, {0});
-  ASSERT_TRUE(gpu.ok()) << gpu.status();
-  std::vector<int32_t> prompt = RandomTokens(prefill, m.spec.vocab_size);
+// Runs the same steps through two stages and compares each step's output:
+// `prefill` tokens in one step, then greedy decode steps fed from the
+// reference stage's choice.
+void CompareForward(Stage& reference, Stage& tested, int prefill, int decode,
+                    double prefill_tolerance, double decode_tolerance) {
+  std::vector<int32_t> prompt = RandomTokens(prefill, reference.spec().vocab_size);
   SequenceStep step{.seq_id = 5, .start = 0, .count = prefill};
-  auto want = (*cpu)->Forward({&step, 1}, prompt, {});
+  auto want = reference.Forward({&step, 1}, prompt, {});
   ASSERT_TRUE(want.ok()) << want.status();
   std::vector<float> expected(want->begin(), want->end());
-  auto got = (*gpu)->Forward({&step, 1}, prompt, {});
+  auto got = tested.Forward({&step, 1}, prompt, {});
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_LT(RelL2(*got, expected), prefill_tolerance) << "prefill of " << prefill;
   for (int i = 0; i < decode; ++i) {
     const int32_t t = static_cast<int32_t>(std::max_element(expected.begin(), expected.end()) -
                                            expected.begin());
     SequenceStep s{.seq_id = 5, .start = prefill + i, .count = 1};
-    auto w = (*cpu)->Forward({&s, 1}, {&t, 1}, {});
+    auto w = reference.Forward({&s, 1}, {&t, 1}, {});
     ASSERT_TRUE(w.ok()) << w.status();
     expected.assign(w->begin(), w->end());
-    auto g = (*gpu)->Forward({&s, 1}, {&t, 1}, {});
+    auto g = tested.Forward({&s, 1}, {&t, 1}, {});
     ASSERT_TRUE(g.ok()) << g.status();
     EXPECT_LT(RelL2(*g, expected), decode_tolerance) << "decode step " << i;
   }
+}
+
+// A CPU and a GPU stage through CompareForward: a long prefill (above 8
+// tokens) takes the cuBLAS path, which rounds activations to the weight
+// type; decode steps the GEMV path (f32 activations).
+void CompareSteps(const Loaded& m, const StageOptions& options, int prefill, int decode,
+                  double prefill_tolerance, double decode_tolerance) {
+  auto cpu = StageExecutor::Create(m.spec, m.checkpoint, options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto gpu = CudaStageExecutor::Create(m.spec, m.checkpoint, options, {0});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  CompareForward(**cpu, **gpu, prefill, decode, prefill_tolerance, decode_tolerance);
 }
 
 TEST(CudaStageExecutorTest, DecodeStepsMatchTheCpuStage) {
@@ -300,26 +307,8 @@ void CompareTensorParallel(const Loaded& m, const std::vector<int>& devices,
   ASSERT_TRUE(a.ok()) << a.status();
   auto b = CudaStageExecutor::Create(m.spec, m.checkpoint, split, devices);
   ASSERT_TRUE(b.ok()) << b.status();
-  std::vector<int32_t> prompt = RandomTokens(prefill, m.spec.vocab_size);
-  SequenceStep step{.seq_id = 3, .start = 0, .count = prefill};
-  auto want = (*a)->Forward({&step, 1}, prompt, {});
-  ASSERT_TRUE(want.ok()) << want.status();
-  std::vector<float> expected(want->begin(), want->end());
-  auto got = (*b)->Forward({&step, 1}, prompt, {});
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_LT(RelL2(*got, expected), tolerance) << "prefill of " << prefill;
-  int64_t position = prefill;
-  for (int i = 0; i < 6; ++i, ++position) {
-    const int32_t t = static_cast<int32_t>(std::max_element(expected.begin(), expected.end()) -
-                                           expected.begin());
-    SequenceStep s{.seq_id = 3, .start = position, .count = 1};
-    auto w = (*a)->Forward({&s, 1}, {&t, 1}, {});
-    ASSERT_TRUE(w.ok()) << w.status();
-    expected.assign(w->begin(), w->end());
-    auto g = (*b)->Forward({&s, 1}, {&t, 1}, {});
-    ASSERT_TRUE(g.ok()) << g.status();
-    EXPECT_LT(RelL2(*g, expected), tolerance) << "decode step " << i;
-  }
+  CompareForward(**a, **b, prefill, 6, tolerance, tolerance);
+  if (::testing::Test::HasFatalFailure()) return;
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   const std::vector<SamplingParams> params = {
