@@ -95,8 +95,9 @@ struct RandomWeights {
   int64_t bytes = 0;  // weights + scales streamed per product
 
   RandomWeights(const Kind& kind, Shape2 shape, cpu::ThreadPool& pool) {
+    // Laid out as a CPU stage lays out its weights (random bytes either way).
     view = {.dtype = kind.dtype, .rows = shape.rows, .cols = shape.cols,
-            .group_size = kind.group_size};
+            .group_size = kind.group_size, .col_block = cpu::ColumnBlockFor(kind.dtype, shape.cols)};
     int64_t row_bytes = kind.dtype == DType::kI4 ? cpu::Int4RowBytes(shape.cols)
                                                  : shape.cols * DTypeBits(kind.dtype) / 8;
     bytes = row_bytes * shape.rows;

@@ -44,6 +44,15 @@ StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::filesystem::pa
   return std::unique_ptr<MappedFile>(new MappedFile(path, data, size));
 }
 
+void ReleaseMappedPages(const void* data, size_t n) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + n) / page * page;
+  // Advice only: a private read-only mapping refaults from the file, so a
+  // failure leaves nothing wrong, just more resident memory.
+  if (begin < end) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }

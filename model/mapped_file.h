@@ -32,4 +32,10 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Drops this process's hold on the pages wholly inside [data, data + n) of a
+// MappedFile's mapping: they stop counting in its resident memory, and a
+// later read brings them back from the file (usually still in the page
+// cache). For memory copied out of the mapping that nothing reads there again.
+void ReleaseMappedPages(const void* data, size_t n);
+
 }  // namespace tandem

@@ -41,6 +41,7 @@ size_t ScaleCount(const cpu::WeightMatrix& w) {
 }
 
 cuda::DeviceMatrix View(const cpu::WeightMatrix& w) {
+  CHECK_MSG(cpu::NumColumnBlocks(w) == 1, "GPU stage: weights must be loaded row-major");
   return {.dtype = w.dtype, .rows = w.rows, .cols = w.cols, .data = w.data, .scales = w.scales,
           .group_size = w.group_size};
 }

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "core/check.h"
+#include "model/mapped_file.h"
 
 namespace tandem {
 
@@ -134,11 +135,15 @@ class Loader {
     cpu::WeightMatrix out;
     const bool stored_ok = src.dtype == DType::kF32 || src.dtype == DType::kF16 ||
                            src.dtype == DType::kBF16;
-    if (options_.quantize == WeightQuantization::kNone && stored_ok && cb == 0 && ce == cols) {
+    const int64_t col_block = options_.cpu_column_blocks && name != kEmbedTokensName
+                                  ? cpu::ColumnBlockFor(src.dtype, ce - cb)
+                                  : 0;
+    if (options_.quantize == WeightQuantization::kNone && stored_ok && cb == 0 && ce == cols &&
+        col_block == 0) {
       uses_checkpoint_ = true;
       out = RowSlice(full, rb, re);
     } else if (options_.quantize == WeightQuantization::kNone && stored_ok) {
-      out = CopyColumns(full, rb, re, cb, ce);
+      out = CopyColumns(full, rb, re, cb, ce, col_block);
     } else {
       out = Quantize(src, rb, re, cb, ce);
     }
@@ -146,20 +151,20 @@ class Loader {
     return matrices_[key] = out;
   }
 
-  // Rows [rb, re) and columns [cb, ce) of `full`, in its dtype, owned.
+  // Rows [rb, re) and columns [cb, ce) of `full`, in its dtype and in
+  // column blocks of col_block (0: row-major), owned. The mapped pages read
+  // are let go, as nothing reads them there again.
   cpu::WeightMatrix CopyColumns(const cpu::WeightMatrix& full, int64_t rb, int64_t re, int64_t cb,
-                                int64_t ce) {
-    const size_t elem = DTypeBytes(full.dtype, 1);
+                                int64_t ce, int64_t col_block) {
     const size_t src_row = RowBytes(full.dtype, full.cols);
-    const size_t dst_row = RowBytes(full.dtype, ce - cb);
-    AlignedBuffer& buf = buffers_.emplace_back(dst_row * static_cast<size_t>(re - rb));
-    const uint8_t* src = static_cast<const uint8_t*>(full.data);
-    for (int64_t r = rb; r < re; ++r) {
-      std::memcpy(buf.As<uint8_t>() + dst_row * static_cast<size_t>(r - rb),
-                  src + src_row * static_cast<size_t>(r) + elem * static_cast<size_t>(cb), dst_row);
-    }
+    const size_t rows = static_cast<size_t>(re - rb);
+    AlignedBuffer& buf = buffers_.emplace_back(RowBytes(full.dtype, ce - cb) * rows);
+    const uint8_t* src = static_cast<const uint8_t*>(full.data) + src_row * static_cast<size_t>(rb);
+    cpu::CopyToColumnBlocks(src, static_cast<int64_t>(src_row), re - rb, cb, ce - cb,
+                            DTypeBytes(full.dtype, 1), col_block, buf.data());
+    ReleaseMappedPages(src, src_row * rows);
     return cpu::WeightMatrix{.dtype = full.dtype, .rows = re - rb, .cols = ce - cb,
-                             .data = buf.data()};
+                             .data = buf.data(), .col_block = col_block};
   }
 
   // Rows [rb, re) and columns [cb, ce) of `src`, quantized as the options ask

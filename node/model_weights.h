@@ -6,8 +6,9 @@
 // walk that one description (LoadStageWeights below).
 //
 // Matrices stay in the checkpoint's mapped memory whenever they can (a whole
-// matrix or a block of its rows, kept in the stored dtype); a column slice or
-// a quantized matrix is materialized into owned buffers. Norm weights and
+// matrix or a block of its rows, kept in the stored dtype); a column slice, a
+// matrix laid out in column blocks or a quantized matrix is materialized
+// into owned buffers. Norm weights and
 // biases are widened to f32 once at load.
 #include <cstdint>
 #include <deque>
@@ -96,6 +97,11 @@ struct WeightLoadOptions {
   WeightQuantization quantize = WeightQuantization::kNone;
   int int4_group_size = 32;
   int load_threads = 0;  // threads that quantize at load; 0: all cores
+  // Lay wide f32/f16/bf16 matrices out in the column blocks the CPU kernels
+  // stream fastest (cpu::ColumnBlockFor), copied out of the checkpoint; the
+  // embedding stays row-major (its rows are looked up). CPU stages set it,
+  // GPU stages upload row-major matrices.
+  bool cpu_column_blocks = false;
 };
 
 // The weights of every rank of a stage, and the memory behind them.

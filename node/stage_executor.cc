@@ -56,7 +56,8 @@ StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
                                                       .tp = options.tp,
                                                       .quantize = options.quantize,
                                                       .int4_group_size = options.int4_group_size,
-                                                      .load_threads = options.threads}));
+                                                      .load_threads = options.threads,
+                                                      .cpu_column_blocks = true}));
   ASSIGN_OR_RETURN(
       PagedKvCache kv,
       PagedKvCache::Create(PagedKvCacheOptions{

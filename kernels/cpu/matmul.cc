@@ -58,6 +58,17 @@ inline int64_t RowBytes(const WeightMatrix& w) {
 
 // out[0, n) = w[row][c0, c0 + n) as f32 (scales applied).
 inline void WidenRange(const WeightMatrix& w, int64_t row, int64_t c0, int64_t n, float* out) {
+  if (NumColumnBlocks(w) > 1) {
+    while (n > 0) {
+      const int64_t b = c0 / w.col_block, begin = b * w.col_block;
+      const int64_t take = std::min(n, std::min(w.cols, begin + w.col_block) - c0);
+      WidenRange(ColumnBlock(w, b), row, c0 - begin, take, out);
+      c0 += take;
+      out += take;
+      n -= take;
+    }
+    return;
+  }
   const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * RowBytes(w);
   switch (w.dtype) {
     case DType::kF32:
@@ -152,6 +163,11 @@ HWY_INLINE float WeightScalar(const uint8_t* row, int64_t c) {
   }
 }
 
+// Software prefetch of the line kPrefetchBytes past p (none when 0).
+HWY_INLINE void PrefetchAhead(const uint8_t* p) {
+  if constexpr (kPrefetchBytes > 0) hwy::Prefetch(p + kPrefetchBytes);
+}
+
 // bf16 weights in pairs: Lanes(df) 32-bit words hold the 2 * Lanes weights
 // of columns [c, c + 2 * Lanes), the even column in each word's low half
 // (little-endian), so a shift and a mask widen them exactly. One full load per
@@ -202,7 +218,7 @@ HWY_NOINLINE void DecodeTile(const WeightMatrix& w, int64_t r0, const float* x, 
     // One cache line of every row per step, as below, in pairs.
     constexpr int64_t kPairs = std::max<int64_t>(1, 64 / (4 * hn::MaxLanes(DF())));
     for (; c + kPairs * 2 * N <= paired_cols; c += kPairs * 2 * N) {
-      for (int r = 0; r < R; ++r) hwy::Prefetch(rows[r] + c * 2 + kPrefetchBytes);
+      for (int r = 0; r < R; ++r) PrefetchAhead(rows[r] + c * 2);
       for (int64_t u = 0; u < kPairs; ++u) {
         VF xe[TT], xo[TT];
         for (int t = 0; t < TT; ++t) {
@@ -223,7 +239,7 @@ HWY_NOINLINE void DecodeTile(const WeightMatrix& w, int64_t r0, const float* x, 
     (void)paired_cols;
   }
   for (; c + kUnroll * N <= cols; c += kUnroll * N) {
-    for (int r = 0; r < R; ++r) hwy::Prefetch(rows[r] + c * WeightBytes<kType>() + kPrefetchBytes);
+    for (int r = 0; r < R; ++r) PrefetchAhead(rows[r] + c * WeightBytes<kType>());
     for (int64_t u = 0; u < kUnroll; ++u) {
       VF xv[TT];
       for (int t = 0; t < TT; ++t) xv[t] = hn::LoadU(df, xs[t] + c + u * N);
@@ -275,9 +291,8 @@ HWY_NOINLINE void DecodeRowsSequential(const WeightMatrix& w, int64_t r0, const 
   if constexpr (kType == DType::kBF16) {
     static_assert(kChains % 2 == 0, "bf16 pairs fill two chains each");
     for (; c + kChains * N <= paired_cols; c += kChains * N) {
-      const int64_t offset = c * 2 + kPrefetchBytes;
       for (int r = 0; r < kRows; ++r)
-        for (int64_t b = 0; b < kStepBytes; b += 64) hwy::Prefetch(rows[r] + offset + b);
+        for (int64_t b = 0; b < kStepBytes; b += 64) PrefetchAhead(rows[r] + c * 2 + b);
       for (int u = 0; u < kChains; u += 2) {
         const VF xe = hn::LoadU(df, x + c + u * N), xo = hn::LoadU(df, x + c + (u + 1) * N);
         for (int r = 0; r < kRows; ++r) {
@@ -292,9 +307,9 @@ HWY_NOINLINE void DecodeRowsSequential(const WeightMatrix& w, int64_t r0, const 
     (void)paired_cols;
   }
   for (; c + kChains * N <= cols; c += kChains * N) {
-    const int64_t offset = c * static_cast<int64_t>(WeightBytes<kType>()) + kPrefetchBytes;
+    const int64_t offset = c * static_cast<int64_t>(WeightBytes<kType>());
     for (int r = 0; r < kRows; ++r)
-      for (int64_t b = 0; b < kStepBytes; b += 64) hwy::Prefetch(rows[r] + offset + b);
+      for (int64_t b = 0; b < kStepBytes; b += 64) PrefetchAhead(rows[r] + offset + b);
     for (int u = 0; u < kChains; ++u) {
       const VF xv = hn::LoadU(df, x + c + u * N);
       for (int r = 0; r < kRows; ++r) {
@@ -491,7 +506,35 @@ void PermuteEvensOdds(const float* x, int64_t T, int64_t cols, int64_t permuted_
 }
 
 void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                  const float* bias, float* y);
+
+// Column blocks one after another, each against its columns of x (gathered
+// contiguous), the first adding the bias and writing y, the others adding
+// to it.
+void DecodeColumnBlocks(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
+                        const float* bias, float* y) {
+  static thread_local std::vector<float> x_block, y_block;
+  float* yb = Scratch(y_block, static_cast<size_t>(T * w.rows));
+  for (int64_t b = 0; b < NumColumnBlocks(w); ++b) {
+    const WeightMatrix block = ColumnBlock(w, b);
+    const int64_t c0 = b * w.col_block;
+    float* xb = Scratch(x_block, static_cast<size_t>(T * block.cols));
+    for (int64_t t = 0; t < T; ++t) {
+      std::memcpy(xb + t * block.cols, x + t * w.cols + c0,
+                  static_cast<size_t>(block.cols) * sizeof(float));
+    }
+    if (b == 0) {
+      DecodeMatMul(pool, xb, T, block, bias, y);
+      continue;
+    }
+    DecodeMatMul(pool, xb, T, block, nullptr, yb);
+    for (int64_t i = 0; i < T * w.rows; ++i) y[i] += yb[i];
+  }
+}
+
+void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
                   const float* bias, float* y) {
+  if (NumColumnBlocks(w) > 1) return DecodeColumnBlocks(pool, x, T, w, bias, y);
 #if HWY_TARGET == HWY_AVX3_DL
   // Integer dot products on quantized activations (matmul_vnni.h): the f32
   // path below is bound by dequantization, not by memory, on few cores.
@@ -720,6 +763,40 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace tandem::cpu {
 
+WeightMatrix ColumnBlock(const WeightMatrix& w, int64_t b) {
+  CHECK(b >= 0 && b < NumColumnBlocks(w));
+  if (NumColumnBlocks(w) == 1) {
+    WeightMatrix plain = w;
+    plain.col_block = 0;
+    return plain;
+  }
+  const int64_t c0 = b * w.col_block;
+  WeightMatrix block{.dtype = w.dtype, .rows = w.rows,
+                     .cols = std::min(w.col_block, w.cols - c0)};
+  block.data = static_cast<const uint8_t*>(w.data) +
+               DTypeBytes(w.dtype, static_cast<size_t>(c0 * w.rows));
+  return block;
+}
+
+int64_t ColumnBlockFor(DType dtype, int64_t cols) {
+  constexpr int64_t kColumns = 2048;  // 8 KiB of f32 activations per token
+  const bool widened = dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
+  return widened && cols > kColumns ? kColumns : 0;
+}
+
+void CopyToColumnBlocks(const void* src, int64_t src_row_bytes, int64_t rows, int64_t c0,
+                        int64_t cols, size_t elem, int64_t col_block, void* dst) {
+  if (col_block <= 0 || col_block >= cols) col_block = cols;
+  const uint8_t* from = static_cast<const uint8_t*>(src);
+  uint8_t* to = static_cast<uint8_t*>(dst);
+  for (int64_t b0 = 0; b0 < cols; b0 += col_block) {
+    const size_t width = elem * static_cast<size_t>(std::min(col_block, cols - b0));
+    for (int64_t r = 0; r < rows; ++r, to += width) {
+      std::memcpy(to, from + r * src_row_bytes + elem * static_cast<size_t>(c0 + b0), width);
+    }
+  }
+}
+
 HWY_EXPORT(MatMulImpl);
 HWY_EXPORT(SharesOnePass);
 HWY_EXPORT(RoundsActivationsImpl);
@@ -740,6 +817,9 @@ void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w, 
     CHECK(w.scales != nullptr);
     CHECK_GT(w.group_size, 0);
   }
+  CHECK_MSG(NumColumnBlocks(w) == 1 || w.dtype == DType::kF32 || w.dtype == DType::kF16 ||
+                w.dtype == DType::kBF16,
+            "MatMul: column blocks are for f32, f16 and bf16 weights");
   if (w.cols == 0) {
     for (int64_t t = 0; t < T; ++t)
       for (int64_t r = 0; r < w.rows; ++r) y[t * w.rows + r] = bias ? bias[r] : 0.0f;

@@ -86,6 +86,12 @@ void QuantizeInt4Grouped(const float* w, int64_t rows, int64_t cols, int group_s
 
 void DequantizeRow(const WeightMatrix& w, int64_t row, float* out) {
   CHECK(row >= 0 && row < w.rows);
+  if (NumColumnBlocks(w) > 1) {
+    for (int64_t b = 0; b < NumColumnBlocks(w); ++b) {
+      DequantizeRow(ColumnBlock(w, b), row, out + b * w.col_block);
+    }
+    return;
+  }
   const uint8_t* base = static_cast<const uint8_t*>(w.data);
   const int64_t cols = w.cols;
   switch (w.dtype) {

@@ -27,7 +27,7 @@ using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
 // Sum of x[0, n) read with independent vector accumulators, every cache
-// line prefetched `ahead` floats before it is read.
+// line prefetched `ahead` floats before it is read (0: not prefetched).
 float StreamSumImpl(const float* x, int64_t n, int64_t ahead) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
@@ -36,7 +36,9 @@ float StreamSumImpl(const float* x, int64_t n, int64_t ahead) {
   // Floats of one step and of one cache line.
   const int64_t step = 4 * N, line = 16;
   for (; i + step <= n; i += step) {
-    for (int64_t l = 0; l < step; l += line) hwy::Prefetch(x + i + ahead + l);
+    if (ahead > 0) {
+      for (int64_t l = 0; l < step; l += line) hwy::Prefetch(x + i + ahead + l);
+    }
     a0 = hn::Add(a0, hn::LoadU(df, x + i));
     a1 = hn::Add(a1, hn::LoadU(df, x + i + N));
     a2 = hn::Add(a2, hn::LoadU(df, x + i + 2 * N));
@@ -171,10 +173,11 @@ double BandwidthProbe::Pass(int64_t ahead) {
 
 double BandwidthProbe::Measure(int passes) {
   CHECK(passes >= 1);
-  // Which prefetch distance streams fastest differs between machines and,
-  // on a shared one, from minute to minute (1-2 KiB or 4 KiB ahead, by up
-  // to 15%), so every pass tries each and the best counts.
-  constexpr int64_t kAheadFloats[] = {256, 512, 1024};  // 1, 2 and 4 KiB
+  // Which prefetching streams fastest differs between machines and, on a
+  // shared one, from minute to minute (the hardware prefetchers alone, or
+  // software prefetches 1-2 KiB or 4 KiB ahead, by up to 15%), so every pass
+  // tries each and the best counts.
+  constexpr int64_t kAheadFloats[] = {0, 256, 512, 1024};  // none, 1, 2 and 4 KiB
   Pass(kAheadFloats[0]);  // wakes the pool's threads and brings the page tables back
   double best = 0.0;
   for (int i = 0; i < passes; ++i) {

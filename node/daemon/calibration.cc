@@ -55,6 +55,7 @@ RandomMatrix MakeMatrix(int64_t rows, int64_t cols, DType dtype, std::mt19937& r
   m.w.data = m.data.data();
   m.w.scales = m.scales.empty() ? nullptr : m.scales.data();
   m.w.group_size = group;
+  m.w.col_block = cpu::ColumnBlockFor(dtype, cols);  // the CPU stage's layout
   return m;
 }
 

@@ -291,6 +291,62 @@ TYPED_TEST(MatMulTest, EverySimdTarget) {
   });
 }
 
+class MatMulColumnBlocksTest : public testing::SeededTest {};
+
+TEST_F(MatMulColumnBlocksTest, EqualTheRowMajorMatrixOnEveryPath) {
+  ThreadPool pool(2);
+  struct Case {
+    int64_t rows, cols, col_block;
+  };
+  // Blocks that divide the row, a narrower last block, one of them shorter
+  // than a SIMD step, and the stage's own choice for a wide row.
+  const Case cases[] = {{37, 1000, 256}, {21, 300, 128}, {9, 130, 64},
+                        {13, 8192 + 96, ColumnBlockFor(DType::kBF16, 8192 + 96)}};
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " rows=" << c.rows
+                                        << " cols=" << c.cols << " col_block=" << c.col_block);
+      ASSERT_GT(c.col_block, 0);
+      const std::vector<float> values = Normal(c.rows * c.cols, 0.05f);
+      TestWeights plain(dtype, 0, c.rows, c.cols, values.data());
+      const size_t elem = DTypeBytes(dtype, 1);
+      std::vector<uint8_t> blocked_bytes(elem * static_cast<size_t>(c.rows * c.cols));
+      CopyToColumnBlocks(plain.view().data, static_cast<int64_t>(elem) * c.cols, c.rows, 0, c.cols,
+                         elem, c.col_block, blocked_bytes.data());
+      WeightMatrix blocked = plain.view();
+      blocked.data = blocked_bytes.data();
+      blocked.col_block = c.col_block;
+      ASSERT_EQ(NumColumnBlocks(blocked), (c.cols + c.col_block - 1) / c.col_block);
+
+      std::vector<float> want(static_cast<size_t>(c.cols)), got(want.size());
+      for (int64_t r : {int64_t{0}, c.rows / 2, c.rows - 1}) {
+        DequantizeRow(plain.view(), r, want.data());
+        DequantizeRow(blocked, r, got.data());
+        EXPECT_EQ(want, got) << "row " << r;
+      }
+      for (int64_t T : {1, 3, 8, 140}) {  // decode (one token, tiles) and prefill
+        SCOPED_TRACE(::testing::Message() << "T=" << T);
+        testing::MisalignedFloats x(T * c.cols), y(T * c.rows), bias(c.rows);
+        FillNormal(x.data(), T * c.cols);
+        FillNormal(bias.data(), c.rows);
+        for (int64_t i = 0; i < T * c.rows; ++i) y[i] = 12345.0f;  // must be overwritten
+        MatMul(pool, x.data(), T, blocked, bias.data(), y.data());
+        ExpectMatchesReference(x.data(), T, plain.view(), bias.data(), y.data());
+      }
+    }
+  }
+}
+
+TEST(ColumnBlockForTest, OnlyWideRowsOfWidenedDtypesAreBlocked) {
+  EXPECT_EQ(ColumnBlockFor(DType::kBF16, 2048), 0);
+  EXPECT_GT(ColumnBlockFor(DType::kBF16, 8192), 0);
+  EXPECT_LT(ColumnBlockFor(DType::kF32, 4096), 4096);
+  EXPECT_EQ(ColumnBlockFor(DType::kI8, 8192), 0);
+  EXPECT_EQ(ColumnBlockFor(DType::kI4, 8192), 0);
+  const WeightMatrix one_block{.dtype = DType::kBF16, .rows = 4, .cols = 100, .col_block = 100};
+  EXPECT_EQ(NumColumnBlocks(one_block), 1);
+}
+
 TEST(MatMulReferenceTest, KnownSmallProduct) {
   // [[1, 2], [3, 4], [5, 6]] · [1, -1] + [0.5, 0, -0.5] = [-0.5, -1, -1.5]
   const float w[] = {1, 2, 3, 4, 5, 6};

@@ -26,7 +26,10 @@ class ModelWeightsTest : public ::testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() /
                         ("tandem-weights-test-" + std::to_string(::getpid())));
     for (auto [name, args] : {std::pair{"untied", "--preset tiny-llama --dtype bf16 --untied"},
-                              std::pair{"tied", "--preset tiny-qwen2 --dtype f16 --tied"}}) {
+                              std::pair{"tied", "--preset tiny-qwen2 --dtype f16 --tied"},
+                              // down_proj rows wider than one CPU column block
+                              std::pair{"wide", "--preset tiny-llama --dtype bf16 --layers 1 "
+                                                "--intermediate 4160"}}) {
       std::string cmd = std::string(source) + "/tools/make-test-model --out " +
                         (*dir_ / name).string() + " " + args + " > /dev/null";
       ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
@@ -140,6 +143,40 @@ TEST_F(ModelWeightsTest, QuantizedTiedHeadSharesTheQuantizedEmbedding) {
   EXPECT_EQ(w4->rank(0).layers[0].up.dtype, DType::kI4);
   EXPECT_EQ(w4->rank(0).layers[0].up.group_size, 32);
   EXPECT_EQ(w4->rank(0).embedding.data, nullptr);  // not the first stage
+}
+
+TEST_F(ModelWeightsTest, CpuColumnBlocksHoldTheSameRows) {
+  ModelSpec spec;
+  for (int tp : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << "tp=" << tp);
+    const WeightLoadOptions plain_options{.range = {.layer_begin = 0, .layer_end = 1}, .tp = tp};
+    WeightLoadOptions blocked_options = plain_options;
+    blocked_options.cpu_column_blocks = true;
+    auto plain = Load("wide", plain_options, &spec);
+    auto blocked = Load("wide", blocked_options);
+    ASSERT_TRUE(plain && blocked);
+    for (int r = 0; r < tp; ++r) {
+      const StageWeights& p = plain->rank(r);
+      const StageWeights& b = blocked->rank(r);
+      const cpu::WeightMatrix& down = b.layers[0].down;
+      ASSERT_EQ(down.cols, spec.intermediate_size / tp);
+      EXPECT_EQ(p.layers[0].down.col_block, 0);
+      EXPECT_EQ(down.col_block, cpu::ColumnBlockFor(DType::kBF16, down.cols));
+      EXPECT_GT(cpu::NumColumnBlocks(down), 1);
+      // Narrow rows and the looked-up embedding stay row-major in the checkpoint.
+      EXPECT_EQ(b.layers[0].gate.col_block, 0);
+      EXPECT_EQ(b.embedding.col_block, 0);
+      std::vector<float> want(static_cast<size_t>(down.cols)), got(want.size());
+      for (int64_t row = 0; row < down.rows; ++row) {
+        cpu::DequantizeRow(p.layers[0].down, row, want.data());
+        cpu::DequantizeRow(down, row, got.data());
+        ASSERT_EQ(want, got) << "rank " << r << " row " << row;
+      }
+    }
+    EXPECT_TRUE(blocked->uses_checkpoint());
+    EXPECT_EQ(blocked->weight_bytes(), plain->weight_bytes());
+    EXPECT_EQ(blocked->bytes_per_step(), plain->bytes_per_step());
+  }
 }
 
 TEST_F(ModelWeightsTest, BadRangesAndSplitsAreErrors) {
