@@ -78,10 +78,11 @@ WeightMatrix ColumnBlock(const WeightMatrix& w, int64_t b);
 // The col_block MatMul streams fastest for weights of this dtype and width
 // (0: row-major). A decode step reads every row of a matrix once against the
 // same activations, which stay in L1 while the weights stream past them only
-// when they are narrow: rows of 4096 or 8192 inputs ran at 0.70-0.75 of the
-// bandwidth probe, the same bytes in blocks of 2048 columns at 0.97-1.0
-// (bf16 and f32, 2 AVX-512 cores). Integer weights take activations of one
-// or two bytes per input (matmul_vnni.h) and stay row-major.
+// when they are narrow: the same bf16 bytes in blocks of 2048 columns
+// streamed 1.3x (rows of 4096) and 1.6x (rows of 8192) faster than
+// row-major, as fast as rows of 2048 (2 AVX-512 cores); blocks of 4096 gained
+// little. Integer weights take activations of one or two bytes per input
+// (matmul_vnni.h) and stay row-major.
 int64_t ColumnBlockFor(DType dtype, int64_t cols);
 
 // Copies rows [0, rows) and columns [c0, c0 + cols) of a row-major matrix
