@@ -98,20 +98,24 @@ uint8_t* Scratch(size_t bytes) {
 }
 
 // How far ahead of its current position each streamed row is prefetched (at
-// least), or 0 for no software prefetch. int8 streams best from the hardware
-// prefetchers alone (0.90-0.96 of the bandwidth probe for a whole decode
-// step, against 0.83 with 4 KiB); int4, which spends more instructions per
-// byte, keeps 4 KiB (0.77 against 0.66-0.76 without).
-template <bool kInt4>
-constexpr int64_t kPrefetchBytes = kInt4 ? 4096 : 0;
+// least), into L2: an L1 prefetch holds one of the core's few L1 miss
+// buffers until the line arrives, and the integer kernels, with more
+// instructions per byte than the f32 path, then stalled on them. Into L2 a
+// whole decode step streams at 1.03-1.04 (int8) and 0.97-1.09 (int4) of the
+// bandwidth probe, against 0.92-0.99 with no prefetch and 0.67-0.79 (int4)
+// into L1 (2 AVX-512 cores).
+constexpr int64_t kPrefetchBytes = 4096;
 
 // Distance of the software prefetch of each streamed row: a whole number of
 // tiles. A tile's R rows are one contiguous block, so each row prefetches the
 // same row of a later tile rather than a row this tile streams already.
-template <bool kInt4>
 inline int64_t PrefetchDistance(int R, int64_t row_bytes) {
   const int64_t tile = R * row_bytes;
-  return (kPrefetchBytes<kInt4> + tile - 1) / tile * tile;
+  return (kPrefetchBytes + tile - 1) / tile * tile;
+}
+
+inline void PrefetchToL2(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
 }
 
 }  // namespace
@@ -339,17 +343,14 @@ template <int R, int TT, bool kMasked>
 HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols,
                        const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int64_t prefetch = PrefetchDistance<false>(R, cols);
+  const int64_t prefetch = PrefetchDistance(R, cols);
   for (int r = 0; r < R; ++r) {
     __m512i wv[4];
     for (int k = 0; k < 4; ++k) {
       if constexpr (kMasked) {
         wv[k] = _mm512_maskz_loadu_epi8(FirstBytes(cols - b0 - 64 * k), rows[r] + b0 + 64 * k);
       } else {
-        if constexpr (kPrefetchBytes<false> > 0) {
-          _mm_prefetch(reinterpret_cast<const char*>(rows[r] + b0 + 64 * k + prefetch),
-                       _MM_HINT_T0);
-        }
+        PrefetchToL2(rows[r] + b0 + 64 * k + prefetch);
         wv[k] = _mm512_loadu_si512(rows[r] + b0 + 64 * k);
       }
       wv[k] = _mm512_xor_si512(wv[k], flip);
@@ -428,7 +429,7 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
                        const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
   const __m512i low = _mm512_set1_epi64(kLowNibble);
   const __m512i high = _mm512_set1_epi64(kHighNibble);
-  const int64_t prefetch = PrefetchDistance<true>(R, row_bytes);
+  const int64_t prefetch = PrefetchDistance(R, row_bytes);
   const int64_t b0 = c * 64;
   __m512 xs[TT];
   for (int t = 0; t < TT; ++t) xs[t] = RecordScale<true>(recs[t]);
@@ -437,7 +438,10 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
     if constexpr (kMasked) {
       bytes = _mm512_maskz_loadu_epi8(FirstBytes(row_bytes - b0), rows[r] + b0);
     } else {
-      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + b0 + prefetch), _MM_HINT_T0);
+      PrefetchToL2(rows[r] + b0 + prefetch);
+      // The row's scales are a stream of their own (a quarter of the weight
+      // bytes for groups of 32): the same distance ahead, in inputs.
+      PrefetchToL2(scales[r] + (b0 + prefetch) * 2 / group_size);
       bytes = _mm512_loadu_si512(rows[r] + b0);
     }
     // Each nibble q becomes q + 8 = (q & 15) ^ 8 in [0, 15], in one

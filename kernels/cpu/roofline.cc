@@ -27,8 +27,9 @@ using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
 // Sum of x[0, n) read with independent vector accumulators, every cache
-// line prefetched `ahead` floats before it is read (0: not prefetched).
-float StreamSumImpl(const float* x, int64_t n, int64_t ahead) {
+// line prefetched `ahead` floats before it is read (0: not prefetched), into
+// L1 or, with to_l2, into L2 only.
+float StreamSumImpl(const float* x, int64_t n, int64_t ahead, bool to_l2) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   VF a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
@@ -36,7 +37,9 @@ float StreamSumImpl(const float* x, int64_t n, int64_t ahead) {
   // Floats of one step and of one cache line.
   const int64_t step = 4 * N, line = 16;
   for (; i + step <= n; i += step) {
-    if (ahead > 0) {
+    if (ahead > 0 && to_l2) {
+      for (int64_t l = 0; l < step; l += line) __builtin_prefetch(x + i + ahead + l, 0, 2);
+    } else if (ahead > 0) {
       for (int64_t l = 0; l < step; l += line) hwy::Prefetch(x + i + ahead + l);
     }
     a0 = hn::Add(a0, hn::LoadU(df, x + i));
@@ -153,7 +156,7 @@ BandwidthProbe::BandwidthProbe(ThreadPool& pool, size_t bytes)
   });
 }
 
-double BandwidthProbe::Pass(int64_t ahead) {
+double BandwidthProbe::Pass(int64_t ahead, bool to_l2) {
   const float* data = buffer_.As<float>();
   const auto start = std::chrono::steady_clock::now();
   pool_.ParallelFor(
@@ -161,7 +164,8 @@ double BandwidthProbe::Pass(int64_t ahead) {
       [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           sink_[static_cast<size_t>(c)] +=
-              HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + c * kProbeChunk, kProbeChunk, ahead);
+              HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data + c * kProbeChunk, kProbeChunk, ahead,
+                                                  to_l2);
         }
       },
       1);
@@ -175,13 +179,16 @@ double BandwidthProbe::Measure(int passes) {
   CHECK(passes >= 1);
   // Which prefetching streams fastest differs between machines and, on a
   // shared one, from minute to minute (the hardware prefetchers alone, or
-  // software prefetches 1-2 KiB or 4 KiB ahead, by up to 15%), so every pass
-  // tries each and the best counts.
-  constexpr int64_t kAheadFloats[] = {0, 256, 512, 1024};  // none, 1, 2 and 4 KiB
-  Pass(kAheadFloats[0]);  // wakes the pool's threads and brings the page tables back
+  // software prefetches into L1 or L2 1-2 KiB or 4 KiB ahead, by up to 15%),
+  // so every pass tries each and the best counts.
+  constexpr int64_t kAheadFloats[] = {256, 512, 1024};  // 1, 2 and 4 KiB
+  Pass(0, false);  // wakes the pool's threads and brings the page tables back
   double best = 0.0;
   for (int i = 0; i < passes; ++i) {
-    for (int64_t ahead : kAheadFloats) best = std::max(best, Pass(ahead));
+    best = std::max(best, Pass(0, false));
+    for (int64_t ahead : kAheadFloats) {
+      for (bool to_l2 : {false, true}) best = std::max(best, Pass(ahead, to_l2));
+    }
   }
   return best;
 }

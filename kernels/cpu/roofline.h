@@ -34,17 +34,17 @@ class BandwidthProbe {
 
   // GB/s (1e9 bytes/s) of the best of `passes` rounds of reads of the
   // whole buffer (each about 40 ms for 2 GiB at 50 GB/s), after one
-  // unmeasured read that wakes the pool's threads. A round reads it four
+  // unmeasured read that wakes the pool's threads. A round reads it seven
   // times: with the hardware prefetchers alone, and with each cache line
-  // also software-prefetched 1, 2 or 4 KiB ahead; which streams best
-  // differs between machines and moments.
+  // also software-prefetched 1, 2 or 4 KiB ahead into L1 or into L2; which
+  // streams best differs between machines and moments.
   double Measure(int passes);
 
   // Bytes of the buffer (resident while the probe lives).
   size_t bytes() const { return buffer_.size(); }
 
  private:
-  double Pass(int64_t ahead_floats);  // 0: no software prefetch
+  double Pass(int64_t ahead_floats, bool to_l2);  // ahead 0: no software prefetch
 
   ThreadPool& pool_;
   AlignedBuffer buffer_;
