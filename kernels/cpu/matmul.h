@@ -99,7 +99,7 @@ inline int64_t Int4NumGroups(int64_t cols, int group_size) {
 // y[t][r] = sum_c x[t][c] * w[r][c] + (bias ? bias[r] : 0).
 // x: [T, w.cols] row-major; bias: [w.rows] or null; y: [T, w.rows] row-major.
 // y must not overlap x. Any pointer alignment is accepted. T >= 0.
-// Never allocates after the first call with a given (T, w.cols) on a thread
+// Never allocates after the first call with a given T and shape of w on a thread
 // (scratch space is kept per thread and grows only).
 void MatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatrix& w,
             const float* bias, float* y);
