@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_vnni.h"
+#include "kernels/cpu/prefetch.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/matmul.cc"
@@ -159,12 +160,9 @@ HWY_INLINE float WeightScalar(const uint8_t* row, int64_t c) {
   }
 }
 
-// Software prefetch of the line kPrefetchBytes past p (none when 0), into
-// L2 only: an L1 prefetch holds one of the core's few L1 miss buffers until
-// the line arrives, which left bf16 rows at 0.89-0.91 of a plain sequential
-// read where L2 prefetches reach 0.99-1.0 (2 AVX-512 cores).
+// Prefetch of the line kPrefetchBytes past p (none when 0).
 HWY_INLINE void PrefetchAhead(const uint8_t* p) {
-  if constexpr (kPrefetchBytes > 0) __builtin_prefetch(p + kPrefetchBytes, 0, 2);
+  if constexpr (kPrefetchBytes > 0) PrefetchToL2(p + kPrefetchBytes);
 }
 
 // bf16 weights in pairs: Lanes(df) 32-bit words hold the 2 * Lanes weights

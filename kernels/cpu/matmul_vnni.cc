@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/cpu/prefetch.h"
 #include "hwy/base.h"
 
 #if HWY_ARCH_X86_64 && (HWY_COMPILER_GCC || HWY_COMPILER_CLANG)
@@ -98,12 +99,9 @@ uint8_t* Scratch(size_t bytes) {
 }
 
 // How far ahead of its current position each streamed row is prefetched (at
-// least), into L2: an L1 prefetch holds one of the core's few L1 miss
-// buffers until the line arrives, and the integer kernels, with more
-// instructions per byte than the f32 path, then stalled on them. Into L2 a
-// whole decode step streams at 1.03-1.04 (int8) and 0.97-1.09 (int4) of the
-// bandwidth probe, against 0.92-0.99 with no prefetch and 0.67-0.79 (int4)
-// into L1 (2 AVX-512 cores).
+// least), into L2 (prefetch.h): a whole decode step streamed at 1.03-1.04
+// (int8) and 0.97-1.09 (int4) of the old probe, against 0.92-0.99 with no
+// prefetch and 0.67-0.79 (int4) into L1 (2 AVX-512 cores).
 constexpr int64_t kPrefetchBytes = 4096;
 
 // Distance of the software prefetch of each streamed row: a whole number of
@@ -112,10 +110,6 @@ constexpr int64_t kPrefetchBytes = 4096;
 inline int64_t PrefetchDistance(int R, int64_t row_bytes) {
   const int64_t tile = R * row_bytes;
   return (kPrefetchBytes + tile - 1) / tile * tile;
-}
-
-inline void PrefetchToL2(const void* p) {
-  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
 }
 
 }  // namespace
@@ -362,6 +356,17 @@ HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols
   }
 }
 
+// out[r][t] = the sum over the accumulator sets acc[u][r][t].
+template <int kSets, int R, int TT>
+HWY_INLINE void SumSets(const __m512 (&acc)[kSets][R][TT], __m512 (&out)[R][TT]) {
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      out[r][t] = acc[0][r][t];
+      for (int u = 1; u < kSets; ++u) out[r][t] = _mm512_add_ps(out[r][t], acc[u][r][t]);
+    }
+  }
+}
+
 // acc[r][t]: 16 lanes whose sum is row r0 + r times token t0 + t before the
 // row scale, int8 weights: R rows streamed once against TT tokens.
 template <int R, int TT>
@@ -393,12 +398,7 @@ HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX
     for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<false>();
   }
   if (full < qx.chunks) StepI8<R, TT, true>(rows, full * 256, cols, recs, acc[0]);
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < TT; ++t) {
-      out[r][t] = acc[0][r][t];
-      for (int u = 1; u < kChains; ++u) out[r][t] = _mm512_add_ps(out[r][t], acc[u][r][t]);
-    }
-  }
+  SumSets(acc, out);
 }
 
 // Group scales of the 16 lanes of int4 chunk c (lane j: inputs 128c + 8j ..
@@ -515,12 +515,7 @@ HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX
   if (full < qx.chunks) {
     StepI4<kGroup, R, TT, true>(rows, scales, full, row_bytes, num_groups, g, recs, acc[0]);
   }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < TT; ++t) {
-      out[r][t] = acc[0][r][t];
-      for (int u = 1; u < kChains; ++u) out[r][t] = _mm512_add_ps(out[r][t], acc[u][r][t]);
-    }
-  }
+  SumSets(acc, out);
 }
 
 template <bool kInt4, int kGroup, int R, int TT>

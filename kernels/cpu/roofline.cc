@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/tensor.h"
+#include "kernels/cpu/prefetch.h"
 #include "kernels/cpu/roofline.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -38,7 +39,7 @@ float StreamSumImpl(const float* x, int64_t n, int64_t ahead, bool to_l2) {
   const int64_t step = 4 * N, line = 16;
   for (; i + step <= n; i += step) {
     if (ahead > 0 && to_l2) {
-      for (int64_t l = 0; l < step; l += line) __builtin_prefetch(x + i + ahead + l, 0, 2);
+      for (int64_t l = 0; l < step; l += line) PrefetchToL2(x + i + ahead + l);
     } else if (ahead > 0) {
       for (int64_t l = 0; l < step; l += line) hwy::Prefetch(x + i + ahead + l);
     }
