@@ -459,8 +459,17 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
     } else {
       PrefetchToL2(rows[r] + b0 + prefetch);
       // The row's scales are a stream of their own (a quarter of the weight
-      // bytes for groups of 32): the same distance ahead, in inputs.
-      PrefetchToL2(scales[r] + (b0 + prefetch) * 2 / group_size);
+      // bytes for groups of 32): the same distance ahead, in inputs, once
+      // per 64-byte line (16 scales). The group size is a constant here: a
+      // division per chunk cost more than the rest of the chunk's work
+      // (whole int4 decode steps at about 0.6-0.7 of the bandwidth probe
+      // when it read 40 GB/s or more). Other multiples of 128 (kGroup 0)
+      // have at most 1/64 of the weight bytes in scales and leave them to
+      // the hardware prefetchers.
+      if constexpr (kGroup > 0) {
+        constexpr int64_t kChunksPerLine = 16 * kGroup / 128;
+        if (c % kChunksPerLine == 0) PrefetchToL2(scales[r] + (b0 + prefetch) * 2 / kGroup);
+      }
       bytes = _mm512_loadu_si512(rows[r] + b0);
     }
     // Each nibble q becomes q + 8 = (q & 15) ^ 8 in [0, 15], in one
