@@ -20,8 +20,8 @@
 namespace tandem::cpu::vnni {
 
 // Whether DecodeMatMul handles w: int8, or int4 whose group size is 32, 64 or
-// a multiple of 128 (other multiples of 32 take the generic path) on a CPU
-// with GFNI. Callers dispatch here only on AVX-512 VNNI machines.
+// a multiple of 128 (other multiples of 32 take the generic path). Callers
+// dispatch here only on AVX-512 VNNI machines.
 bool Handles(const WeightMatrix& w);
 
 // MatMulShared for T >= 1 and 1 to kMaxProducts products whose weights all
