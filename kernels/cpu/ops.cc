@@ -78,20 +78,6 @@ void SiluMulImpl(const float* gate, const float* up, float* out, int64_t n) {
   }
 }
 
-float MaxOf(const float* x, int64_t n) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  float mx = x[0];
-  int64_t i = 0;
-  if (n >= N) {
-    VF vmax = hn::LoadU(df, x);
-    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i));
-    mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
-  }
-  for (; i < n; ++i) mx = std::max(mx, x[i]);
-  return mx;
-}
-
 double LogSumExpImpl(const float* x, int64_t n) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));

@@ -30,7 +30,7 @@ inline constexpr int64_t kQueryTile = 8;
 // Start of the tile of (block, kv head) in cache.k or cache.v: keys
 // [head_dim][block_size], values [block_size][head_dim].
 inline int64_t TileOffset(const PagedKv& c, int64_t block, int kvh) {
-  return (block * c.num_kv_heads + kvh) * int64_t{c.block_size} * c.head_dim;
+  return (kvh * c.num_blocks + block) * int64_t{c.block_size} * c.head_dim;
 }
 
 // Where dimension d of the key of `pos` (kv head kvh) is stored in cache.k.
@@ -74,53 +74,75 @@ struct WorkItem {
   int64_t tile_begin;  // first new token of the tile, relative to the sequence
 };
 
-// Fetches a (block, kv head) tile of `floats` into cache ahead of use: the
-// next block of a sequence is elsewhere in memory, out of the prefetchers'
-// sight.
-HWY_INLINE void PrefetchTile(const float* tile, int64_t floats) {
-  for (int64_t i = 0; i < floats; i += 16) hwy::Prefetch(tile + i);
+// A tile of one kv head continues the previous block's tile in memory
+// when the blocks are consecutive (PagedKv), which the hardware prefetchers
+// stream; where the next block lies elsewhere they lose the trail. So the
+// score pass touches the first cache line of the key and value tiles of the
+// block kPrefetchBlocks ahead (into L2), which starts their DRAM accesses and
+// page walks, and the prefetchers follow on. Prefetching every line of the
+// tiles stalled the core on its own queue of misses (decode attention over
+// 640 and 2048 positions from DRAM at 0.73 and 0.69 of the bandwidth probe,
+// against 0.76 and 0.80 so, on 2 Zen 4 cores).
+constexpr int64_t kPrefetchBlocks = 4;
+
+// Starts fetching block b's key and value tiles of kv head kvh, if b < blocks.
+HWY_INLINE void PrefetchBlock(const PagedKv& cache, const AttentionSequence& s, int kvh,
+                              int64_t b, int64_t blocks) {
+  if (b >= blocks) return;
+  const int64_t offset = TileOffset(cache, s.block_table[b], kvh);
+  __builtin_prefetch(cache.k + offset, 0, 2);
+  __builtin_prefetch(cache.v + offset, 0, 2);
 }
 
 // Query vectors scored or summed together: each load of a key or value vector
 // serves this many of them.
 constexpr int kRowBatch = 4;
+// Key blocks scored together: each broadcast of a query value serves this
+// many of them. One block at a time took two loads per FMA (a key vector and
+// the query broadcasts), which the load ports could not keep up with.
+constexpr int kBlockBatch = 4;
 
-// Scores of block b's positions for query rows [r0, r0 + R): scores[r][j] =
-// scale * q_r · key_j, for every slot of the block (slots past the sequence's
-// end produce values nobody reads). kt: the key tile [hd][bs]; bs % N == 0.
-template <int R>
-HWY_INLINE void ScoreBlock(DF df, const float* const* q_rows, const float* kt, int hd, int bs,
-                           float scale, float* const* score_rows) {
+// Scores of the positions of B blocks for query rows [0, R): score_rows[r]
+// [b * bs + j] = scale * q_r · key_j of block b, for every slot of the blocks
+// (slots past the sequence's end produce values nobody reads). kt[b]: the
+// key tile [hd][bs] of block b; bs % N == 0.
+template <int R, int B>
+HWY_INLINE void ScoreBlocks(DF df, const float* const* q_rows, const float* const (&kt)[B], int hd,
+                            int bs, float scale, float* const* score_rows) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   for (int64_t c = 0; c < bs; c += N) {
-    VF acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = hn::Zero(df);
+    VF acc[R][B];
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < B; ++b) acc[r][b] = hn::Zero(df);
     for (int d = 0; d < hd; ++d) {
-      const VF k = hn::LoadU(df, kt + int64_t{d} * bs + c);
-      for (int r = 0; r < R; ++r) acc[r] = hn::MulAdd(hn::Set(df, q_rows[r][d]), k, acc[r]);
+      VF k[B];
+      for (int b = 0; b < B; ++b) k[b] = hn::LoadU(df, kt[b] + int64_t{d} * bs + c);
+      for (int r = 0; r < R; ++r) {
+        const VF qd = hn::Set(df, q_rows[r][d]);
+        for (int b = 0; b < B; ++b) acc[r][b] = hn::MulAdd(qd, k[b], acc[r][b]);
+      }
     }
-    for (int r = 0; r < R; ++r) hn::StoreU(hn::Mul(acc[r], hn::Set(df, scale)), df, score_rows[r] + c);
+    const VF vscale = hn::Set(df, scale);
+    for (int r = 0; r < R; ++r)
+      for (int b = 0; b < B; ++b)
+        hn::StoreU(hn::Mul(acc[r][b], vscale), df, score_rows[r] + b * int64_t{bs} + c);
   }
 }
 
-// out_r[c0, c0 + V * N) = sum over j < span of p_r[j] * value_j[c0, ...) for
-// rows [0, R), accumulated in registers.
+// out_r[c0, c0 + V * N) = inv[r] * the sum over j < span of p_r[j] *
+// value_j[c0, ...) for rows [0, R), accumulated in registers.
 template <int R, int V>
 HWY_INLINE void SumValues(DF df, const PagedKv& cache, const AttentionSequence& s, int kvh,
-                          int64_t span, const float* const* p_rows, int64_t c0,
-                          float* const* out_rows) {
+                          int64_t span, const float* const* p_rows, const float* inv,
+                          int64_t c0, float* const* out_rows) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   VF acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = hn::Zero(df);
   const int bs = cache.block_size;
   const int64_t blocks = (span + bs - 1) / bs;
-  const int64_t tile_floats = int64_t{bs} * cache.head_dim;
   for (int64_t b = 0; b < blocks; ++b) {
     const float* vt = cache.v + TileOffset(cache, s.block_table[b], kvh);
-    if (b + 1 < blocks && c0 == 0) {
-      PrefetchTile(cache.v + TileOffset(cache, s.block_table[b + 1], kvh), tile_floats);
-    }
     const int64_t j0 = b * bs, n = std::min<int64_t>(bs, span - j0);
     for (int64_t i = 0; i < n; ++i) {
       const float* row = vt + i * cache.head_dim + c0;
@@ -132,15 +154,17 @@ HWY_INLINE void SumValues(DF df, const PagedKv& cache, const AttentionSequence& 
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) hn::StoreU(acc[r][v], df, out_rows[r] + c0 + v * N);
+  for (int r = 0; r < R; ++r) {
+    const VF vinv = hn::Set(df, inv[r]);
+    for (int v = 0; v < V; ++v) hn::StoreU(hn::Mul(acc[r][v], vinv), df, out_rows[r] + c0 + v * N);
+  }
 }
 
-// Calls fn.template operator()<R>() for R = min(rows, kRowBatch).
+// Calls fn.template operator()<K>() for K = min(n, 4).
 template <typename Fn>
-HWY_INLINE void WithRowBatch(int64_t rows, Fn&& fn) {
-  static_assert(kRowBatch == 4);
-  switch (std::min<int64_t>(rows, kRowBatch)) {
+HWY_INLINE void WithUpTo4(int64_t n, Fn&& fn) {
+  static_assert(kRowBatch == 4 && kBlockBatch == 4);
+  switch (std::min<int64_t>(n, 4)) {
     case 1:
       return fn.template operator()<1>();
     case 2:
@@ -177,62 +201,73 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
   };
 
   // Pass 1: scores, each key block read once per batch of query rows.
-  for (int64_t b = 0; b < blocks; ++b) {
-    const float* kt = cache.k + TileOffset(cache, s.block_table[b], kvh);
-    if (b + 1 < blocks) {
-      PrefetchTile(cache.k + TileOffset(cache, s.block_table[b + 1], kvh), int64_t{hd} * bs);
+  for (int64_t b = 0; b < kPrefetchBlocks; ++b) PrefetchBlock(cache, s, kvh, b, blocks);
+  for (int64_t b0 = 0; b0 < blocks; b0 += kBlockBatch) {
+    for (int64_t b = b0; b < b0 + kBlockBatch; ++b) {
+      PrefetchBlock(cache, s, kvh, b + kPrefetchBlocks, blocks);
     }
     for (int64_t r0 = 0; r0 < rows; r0 += kRowBatch) {
-      WithRowBatch(rows - r0, [&]<int R>() {
+      WithUpTo4(rows - r0, [&]<int R>() {
         const float* q_rows[R];
         float* score_rows[R];
         for (int r = 0; r < R; ++r) {
           q_rows[r] = q + row_offset(r0 + r);
-          score_rows[r] = scores + (r0 + r) * stride + b * bs;
+          score_rows[r] = scores + (r0 + r) * stride + b0 * bs;
         }
         if (bs % N == 0) {
-          ScoreBlock<R>(df, q_rows, kt, hd, bs, scale, score_rows);
+          WithUpTo4(blocks - b0, [&]<int B>() {
+            const float* kt[B];
+            for (int b = 0; b < B; ++b) kt[b] = cache.k + TileOffset(cache, s.block_table[b0 + b], kvh);
+            ScoreBlocks<R, B>(df, q_rows, kt, hd, bs, scale, score_rows);
+          });
         } else {
-          for (int r = 0; r < R; ++r) {
-            for (int j = 0; j < bs; ++j) {
-              float dot = 0.0f;
-              for (int d = 0; d < hd; ++d) dot += q_rows[r][d] * kt[int64_t{d} * bs + j];
-              score_rows[r][j] = dot * scale;
+          for (int64_t b = b0; b < std::min(blocks, b0 + kBlockBatch); ++b) {
+            const float* kt = cache.k + TileOffset(cache, s.block_table[b], kvh);
+            for (int r = 0; r < R; ++r) {
+              for (int j = 0; j < bs; ++j) {
+                float dot = 0.0f;
+                for (int d = 0; d < hd; ++d) dot += q_rows[r][d] * kt[int64_t{d} * bs + j];
+                score_rows[r][(b - b0) * bs + j] = dot * scale;
+              }
             }
           }
         }
       });
     }
   }
-  // Softmax per query vector over its visible positions; the positions it may
-  // not see (causal) get probability 0, so pass 2 treats all rows alike.
+  // Softmax per query vector over its visible positions, its normalization
+  // left to pass 2; the positions it may not see (causal) get probability 0,
+  // so pass 2 treats all rows alike.
+  static thread_local std::vector<float> inv_storage;
+  if (inv_storage.size() < static_cast<size_t>(rows)) inv_storage.resize(static_cast<size_t>(rows));
+  float* inv = inv_storage.data();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t visible = first_pos + r / group + 1;
     float* sr = scores + r * stride;
-    float mx = sr[0];
-    for (int64_t j = 1; j < visible; ++j) mx = std::max(mx, sr[j]);
-    const float inv = 1.0f / ExpShiftSum(sr, visible, mx);
-    for (int64_t j = 0; j < visible; ++j) sr[j] *= inv;
+    inv[r] = 1.0f / ExpShiftSum(sr, visible, MaxOf(sr, visible));
     std::fill(sr + visible, sr + span, 0.0f);
   }
   // Pass 2: weighted sums of values in registers, kRowBatch rows by up to 4
   // vectors of head_dim at a time.
   for (int64_t r0 = 0; r0 < rows; r0 += kRowBatch) {
-    WithRowBatch(rows - r0, [&]<int R>() {
+    WithUpTo4(rows - r0, [&]<int R>() {
       const float* p_rows[R];
       float* out_rows[R];
       for (int r = 0; r < R; ++r) {
         p_rows[r] = scores + (r0 + r) * stride;
         out_rows[r] = out + row_offset(r0 + r);
       }
+      const float* row_inv = inv + r0;
       int64_t c0 = 0;
-      for (; c0 + 4 * N <= hd; c0 += 4 * N) SumValues<R, 4>(df, cache, s, kvh, span, p_rows, c0, out_rows);
-      for (; c0 + N <= hd; c0 += N) SumValues<R, 1>(df, cache, s, kvh, span, p_rows, c0, out_rows);
+      for (; c0 + 4 * N <= hd; c0 += 4 * N) {
+        SumValues<R, 4>(df, cache, s, kvh, span, p_rows, row_inv, c0, out_rows);
+      }
+      for (; c0 + N <= hd; c0 += N) SumValues<R, 1>(df, cache, s, kvh, span, p_rows, row_inv, c0, out_rows);
       for (; c0 < hd; ++c0) {  // head_dim not a multiple of the vector width
         for (int r = 0; r < R; ++r) {
           float acc = 0.0f;
           for (int64_t j = 0; j < span; ++j) acc += p_rows[r][j] * cache.v[ValueRow(cache, s, j, kvh) + c0];
-          out_rows[r][c0] = acc;
+          out_rows[r][c0] = acc * row_inv[r];
         }
       }
     });

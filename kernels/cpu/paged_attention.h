@@ -14,10 +14,11 @@ namespace tandem::cpu {
 
 // The KV cache of one layer. Memory is owned by the caller.
 struct PagedKv {
-  // Per (block, kv head) one contiguous tile, so that attention (one item
-  // per kv head) streams whole tiles:
-  //   k: [num_blocks, num_kv_heads, head_dim, block_size] (keys transposed);
-  //   v: [num_blocks, num_kv_heads, block_size, head_dim].
+  // Per (kv head, block) one contiguous tile, so that attention (one item
+  // per kv head) streams whole tiles, one after another where a sequence's
+  // blocks are consecutive:
+  //   k: [num_kv_heads, num_blocks, head_dim, block_size] (keys transposed);
+  //   v: [num_kv_heads, num_blocks, block_size, head_dim].
   float* k = nullptr;
   float* v = nullptr;
   int64_t num_blocks = 0;

@@ -9,6 +9,7 @@
 #define TANDEM_KERNELS_CPU_VECTOR_MATH_INL_H_
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -18,6 +19,22 @@
 HWY_BEFORE_NAMESPACE();
 namespace tandem::cpu {
 namespace HWY_NAMESPACE {
+
+// The largest of x[0, n), n >= 1.
+HWY_INLINE float MaxOf(const float* x, int64_t n) {
+  namespace hn = hwy::HWY_NAMESPACE;
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  float mx = x[0];
+  int64_t i = 0;
+  if (n >= N) {
+    auto vmax = hn::LoadU(df, x);
+    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i));
+    mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  }
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
 
 // x[0, n) = exp(x - mx); returns the sum of the new values.
 HWY_INLINE float ExpShiftSum(float* x, int64_t n, float mx) {
