@@ -98,8 +98,9 @@ HWY_INLINE void PrefetchBlock(const PagedKv& cache, const AttentionSequence& s, 
 // serves this many of them.
 constexpr int kRowBatch = 4;
 // Key blocks scored together: each broadcast of a query value serves this
-// many of them. One block at a time took two loads per FMA (a key vector and
-// the query broadcasts), which the load ports could not keep up with.
+// many of them. One block at a time took more than one load per FMA (a key
+// vector and four query broadcasts per four FMAs), past what the load ports
+// keep up with.
 constexpr int kBlockBatch = 4;
 
 // Scores of the positions of B blocks for query rows [0, R): score_rows[r]
