@@ -27,7 +27,7 @@
 namespace tandem::cpu::attention_internal {
 
 inline constexpr int64_t kQueryTile = 8;
-// Start of the tile of (block, kv head) in cache.k or cache.v: keys
+// Start of the tile of (kv head, block) in cache.k or cache.v: keys
 // [head_dim][block_size], values [block_size][head_dim].
 inline int64_t TileOffset(const PagedKv& c, int64_t block, int kvh) {
   return (kvh * c.num_blocks + block) * int64_t{c.block_size} * c.head_dim;
@@ -191,11 +191,13 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
   const int64_t stride = blocks * bs;                               // scores per row
   const int64_t rows = tile * group;  // query vectors in the item, row t * group + g
 
-  static thread_local std::vector<float> scores_storage;
-  if (scores_storage.size() < static_cast<size_t>(rows * stride)) {
-    scores_storage.resize(static_cast<size_t>(rows * stride));
+  // Per thread: the scores [rows, stride], then each row's 1 / softmax sum.
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(rows * (stride + 1))) {
+    scratch.resize(static_cast<size_t>(rows * (stride + 1)));
   }
-  float* scores = scores_storage.data();  // [rows, stride]
+  float* scores = scratch.data();
+  float* inv = scores + rows * stride;
   // Where row r's query vector sits in q, and its output in out.
   auto row_offset = [&](int64_t r) {
     return ((s.q_begin + tile_begin + r / group) * num_heads + kvh * group + r % group) * hd;
@@ -239,9 +241,6 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
   // Softmax per query vector over its visible positions, its normalization
   // left to pass 2; the positions it may not see (causal) get probability 0,
   // so pass 2 treats all rows alike.
-  static thread_local std::vector<float> inv_storage;
-  if (inv_storage.size() < static_cast<size_t>(rows)) inv_storage.resize(static_cast<size_t>(rows));
-  float* inv = inv_storage.data();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t visible = first_pos + r / group + 1;
     float* sr = scores + r * stride;
