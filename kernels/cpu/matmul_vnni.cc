@@ -96,10 +96,13 @@ uint8_t* Scratch(size_t bytes) {
 }
 
 // How far ahead of its current position each streamed row is prefetched (at
-// least), into L2 (prefetch.h): a whole decode step streamed at 1.03-1.04
-// (int8) and 0.97-1.09 (int4) of the old probe, against 0.92-0.99 with no
-// prefetch and 0.67-0.79 (int4) into L1 (2 AVX-512 cores).
-constexpr int64_t kPrefetchBytes = 4096;
+// least), into L2 (prefetch.h). When DRAM gives 45-55 GB/s to 2 AVX-512
+// cores, the int8 and int4 matrices of a Llama-3.2-1B decode step stream at
+// 0.84 and 0.82 of the bandwidth probe with 8 KiB, 0.71 with 4 KiB, and no
+// better with 12 or 16 KiB (the lines in flight must cover DRAM latency at
+// the higher rate); at 30 GB/s every distance from 4 KiB up reads the same.
+// Into L1 (int4) streamed at 0.67-0.79, no prefetch at 0.92-0.99 of 30 GB/s.
+constexpr int64_t kPrefetchBytes = 8192;
 
 // Distance of the software prefetch of each streamed row: a whole number of
 // tiles. A tile's R rows are one contiguous block, so each row prefetches the
