@@ -4,6 +4,11 @@
 // each (against their device-to-device copy bandwidth and cuBLAS's own bf16
 // GEMM rate, summed over the GPUs, measured the same way).
 //
+// A decode step must read every weight once (whatever the batch) and, for
+// each sequence, the keys and values of all its cached positions: the
+// roofline is the bandwidth over those bytes. Both are reported, and the
+// fraction with the weights alone as well.
+//
 // On the CPU the decoded tokens are timed in rounds, each right after a
 // bandwidth measurement, and the roofline fraction is the median over rounds
 // of (round's GB/s / bandwidth just before it): a shared machine's bandwidth
@@ -205,19 +210,28 @@ Status RunDecodeBench(const DecodeFlags& f) {
   };
   // One untimed decode step, then `gen` timed ones in `rounds` rounds.
   RETURN_IF_ERROR(decode_step(f.prompt));
-  // Weights are read once per step, whatever the batch.
+  // Weights are read once per step, whatever the batch; the step at
+  // position pos reads pos + 1 positions of K and V for each sequence.
   const double bytes_per_step = static_cast<double>(pipeline->weight_bytes_per_step());
-  double decode_s = 0;
-  std::vector<double> round_rooflines, round_fractions;
+  const double kv_position_bytes = static_cast<double>(pipeline->kv_position_bytes());
+  double decode_s = 0, kv_read = 0;
+  std::vector<double> round_rooflines, round_fractions, round_weight_fractions;
   for (int r = 0, done = 0; r < f.rounds; ++r) {
     const int n = static_cast<int>(int64_t{f.gen} * (r + 1) / f.rounds) - done;
     const double roofline = probe ? probe->Measure(1) : roofline_gbps;
+    double round_kv = 0;
     t0 = Clock::now();
-    for (int i = 0; i < n; ++i, ++done) RETURN_IF_ERROR(decode_step(f.prompt + 1 + done));
+    for (int i = 0; i < n; ++i, ++done) {
+      const int64_t pos = f.prompt + 1 + done;
+      RETURN_IF_ERROR(decode_step(pos));
+      round_kv += kv_position_bytes * static_cast<double>(pos + 1) * f.batch;
+    }
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     decode_s += s;
+    kv_read += round_kv;
     round_rooflines.push_back(roofline);
-    round_fractions.push_back(bytes_per_step * n / s / 1e9 / roofline);
+    round_fractions.push_back((bytes_per_step * n + round_kv) / s / 1e9 / roofline);
+    round_weight_fractions.push_back(bytes_per_step * n / s / 1e9 / roofline);
   }
   // The probe's buffer is not part of the stage.
   const size_t rss = ResidentBytes() - (probe ? probe->bytes() : 0);
@@ -225,10 +239,13 @@ Status RunDecodeBench(const DecodeFlags& f) {
   const double steps_per_s = f.gen / decode_s;
   const double decode_tps = steps_per_s * f.batch;
   const double bytes_per_token = bytes_per_step / f.batch;
+  const double kv_bytes_per_token = kv_read / (static_cast<double>(f.gen) * f.batch);
   const double prefill_tps = f.prompt / prefill_s;
-  const double achieved_gbps = bytes_per_step * steps_per_s / 1e9;
+  const double weights_gbps = bytes_per_step * steps_per_s / 1e9;
+  const double achieved_gbps = weights_gbps + kv_read / decode_s / 1e9;
   roofline_gbps = bench::Median(round_rooflines);
   const double roofline_fraction = bench::Median(round_fractions);
+  const double weights_roofline_fraction = bench::Median(round_weight_fractions);
   const double n = f.prompt;
   const double prefill_flops =
       LayerFlopsPerToken(spec) * n +
@@ -243,9 +260,12 @@ Status RunDecodeBench(const DecodeFlags& f) {
         {"decode_tokens_per_s", decode_tps},
         {"prefill_tokens_per_s", prefill_tps},
         {"bytes_per_token", bytes_per_token},
+        {"kv_bytes_per_token", kv_bytes_per_token},
         {"achieved_gbps", achieved_gbps},
+        {"weights_gbps", weights_gbps},
         {"roofline_gbps", roofline_gbps},
         {"roofline_fraction", roofline_fraction},
+        {"weights_roofline_fraction", weights_roofline_fraction},
         {"round_roofline_gbps", round_rooflines},
         {"round_roofline_fractions", round_fractions},
         {"prefill_gflops", prefill_gflops},
@@ -273,14 +293,16 @@ Status RunDecodeBench(const DecodeFlags& f) {
               threads, simd.c_str(), roofline_gbps, peak_gflops);
   std::printf("weights    %s, %.1f MB per decoded token, load %.2f s\n", f.quantize.c_str(),
               bytes_per_token / 1e6, load_s);
+  std::printf("KV         %.1f MB read per decoded token (mean over the steps)\n",
+              kv_bytes_per_token / 1e6);
   std::printf("prefill    %d tokens: %.1f tokens/s, %.1f GFLOP/s", f.prompt, prefill_tps,
               prefill_gflops);
   if (peak_gflops > 0) std::printf(" (%.0f%% of peak)", 100.0 * prefill_gflops / peak_gflops);
   std::printf("\n");
-  std::printf("decode     %d steps of %d sequence%s: %.2f tokens/s, %.1f GB/s (%.0f%% of the "
-              "roofline)\n",
+  std::printf("decode     %d steps of %d sequence%s: %.2f tokens/s, %.1f GB/s of weights and KV "
+              "(%.0f%% of the roofline; the weights alone %.1f GB/s, %.0f%%)\n",
               f.gen, f.batch, f.batch == 1 ? "" : "s", decode_tps, achieved_gbps,
-              100.0 * roofline_fraction);
+              100.0 * roofline_fraction, weights_gbps, 100.0 * weights_roofline_fraction);
   if (probe) {
     const auto [lo, hi] = std::minmax_element(round_fractions.begin(), round_fractions.end());
     std::printf("           %d rounds against the bandwidth just before each: median %.0f%%, "

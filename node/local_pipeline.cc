@@ -98,4 +98,10 @@ size_t LocalPipeline::kv_bytes() const {
   return total;
 }
 
+size_t LocalPipeline::kv_position_bytes() const {
+  size_t total = 0;
+  for (const auto& stage : stages_) total += stage->kv_cache().position_bytes();
+  return total;
+}
+
 }  // namespace tandem

@@ -53,6 +53,8 @@ class LocalPipeline {
   size_t weight_bytes_per_step() const;
   // Bytes of KV cache storage, over all stages.
   size_t kv_bytes() const;
+  // Bytes of K and V of one cached position, over all stages.
+  size_t kv_position_bytes() const;
   // Encoded hidden-state bytes sent between stages so far.
   uint64_t wire_bytes() const { return wire_bytes_; }
 

@@ -75,6 +75,9 @@ class PagedKvCache {
   int num_blocks() const { return num_blocks_; }
   int free_blocks() const { return static_cast<int>(free_.size()); }
   size_t allocated_bytes() const { return storage_.size(); }
+  // Bytes of K and V of one cached position over every layer and rank: what
+  // attention reads per position of a sequence at each step.
+  size_t position_bytes() const { return BlockBytes(options_) / kKvBlockSize; }
   int num_sequences() const { return static_cast<int>(sequences_.size()); }
 
  private:

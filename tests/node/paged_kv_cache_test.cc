@@ -22,6 +22,8 @@ TEST(PagedKvCacheTest, CapacityComesFromTheBudget) {
   EXPECT_EQ(cache->num_blocks(), 10);
   EXPECT_EQ(cache->free_blocks(), 10);
   EXPECT_EQ(cache->allocated_bytes(), PagedKvCache::BlockBytes(o) * 10);
+  // K and V of one position: 3 heads of 8 floats, 2 layers, 2 ranks.
+  EXPECT_EQ(cache->position_bytes(), size_t{2} * 3 * 8 * 4 * 2 * 2);
   // Every (rank, layer) gets its own K and V planes inside the storage.
   std::set<float*> planes;
   for (int r = 0; r < 2; ++r) {
