@@ -348,7 +348,8 @@ std::function<int()> SetupDecode(CLI::App& app) {
 
 const bool kRegistered = RegisterCommand(
     {.name = "decode",
-     .summary = "prefill and decode speed against the memory-bandwidth roofline",
+     .summary = "prefill and decode speed against the memory-bandwidth roofline (the weights "
+                "and KV a step reads)",
      .setup = &SetupDecode});
 
 }  // namespace
