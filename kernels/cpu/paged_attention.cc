@@ -13,12 +13,12 @@
 
 #include "core/check.h"
 #include "kernels/cpu/paged_attention.h"
+#include "kernels/cpu/prefetch.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/paged_attention.cc"
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
-#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "kernels/cpu/vector_math-inl.h"
 
@@ -90,8 +90,8 @@ HWY_INLINE void PrefetchBlock(const PagedKv& cache, const AttentionSequence& s, 
                               int64_t b, int64_t blocks) {
   if (b >= blocks) return;
   const int64_t offset = TileOffset(cache, s.block_table[b], kvh);
-  __builtin_prefetch(cache.k + offset, 0, 2);
-  __builtin_prefetch(cache.v + offset, 0, 2);
+  PrefetchToL2(cache.k + offset);
+  PrefetchToL2(cache.v + offset);
 }
 
 // Query vectors scored or summed together: each load of a key or value vector
