@@ -23,7 +23,10 @@
 //    step m / 32512, where m = max|x| over each block of 16 inputs: within
 //    each 256 inputs counted from the start of the row, block j (j < 16) is
 //    inputs 64k + 4j + i (k, i < 4); about 2-3e-5 relative L2 error on
-//    Gaussian activations;
+//    Gaussian activations. One token (T = 1) takes blocks of 2048
+//    consecutive inputs from the start of the row instead (so a row's
+//    integer sums run through 2 KiB of weights between conversions, see
+//    matmul_vnni.cc): about 4-6e-5;
 //  - int4 weights: 8-bit activations, q = round_to_even(x * (127 / m)), step
 //    m / 127, where m = max|x| over each block of 8 inputs counted from the
 //    start of the row (inputs past the end count as 0; a block with

@@ -100,20 +100,24 @@ double Tolerance(const WeightMatrix& w, int64_t T) {
 // Numerics): per block, q = round_to_even(x * (qmax / m)), value
 // q * (m / qmax), m = the block's largest |x| (a block with m < 1e-30 is 0).
 // int4: qmax 127, blocks of 8 inputs from the start of each row; int8: qmax
-// 32512, blocks of 16 inputs {256c + 64k + 4j + i : k, i < 4} for j < 16.
+// 32512, blocks of 16 inputs {256c + 64k + 4j + i : k, i < 4} for j < 16,
+// and for one token (T = 1) blocks of 2048 inputs from the start of the row.
 // MatMulReference on these values must match MatMul to f32 rounding.
 std::vector<float> RoundedAsDecode(DType dtype, const float* x, int64_t T, int64_t cols) {
   const bool int4 = dtype == DType::kI4;
+  const bool consecutive = int4 || T == 1;  // blocks of consecutive inputs
+  const int64_t consecutive_block = int4 ? 8 : 2048;
   const float qmax = int4 ? 127.0f : 32512.0f;
-  const int64_t span = int4 ? 8 : 256;  // inputs whose blocks are laid out together
+  // Inputs whose blocks are laid out together.
+  const int64_t span = consecutive ? consecutive_block : 256;
   std::vector<float> out(x, x + T * cols);
   std::vector<int64_t> block;
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t s = 0; s < cols; s += span) {
-      for (int64_t j = 0; j < (int4 ? 1 : 16); ++j) {
+      for (int64_t j = 0; j < (consecutive ? 1 : 16); ++j) {
         block.clear();
-        if (int4) {
-          for (int64_t i = s; i < std::min(cols, s + 8); ++i) block.push_back(t * cols + i);
+        if (consecutive) {
+          for (int64_t i = s; i < std::min(cols, s + span); ++i) block.push_back(t * cols + i);
         } else {
           for (int64_t k = 0; k < 4; ++k) {
             for (int64_t i = 0; i < 4; ++i) {
@@ -217,6 +221,18 @@ TYPED_TEST(MatMulTest, DecodeZeroAndTinyBlocks) {
   }
   MatMul(pool, x.data(), T, w.view(), nullptr, y.data());
   ExpectMatchesReference(x.data(), T, w.view(), nullptr, y.data());
+
+  // One token: int8 with VNNI rounds it per 2048 inputs, so whole blocks of
+  // zeros and of tiny values, then a partial block.
+  const int64_t long_cols = 3 * 2048 + 5;
+  const std::vector<float> long_values = this->Normal(rows * long_cols, 0.05f);
+  TestWeights long_w(TypeParam::dtype, TypeParam::group_size, rows, long_cols, long_values.data());
+  testing::MisalignedFloats x1(long_cols), y1(rows);
+  this->FillNormal(x1.data(), long_cols);
+  for (int64_t i = 2048; i < 2 * 2048; ++i) x1[i] = 0.0f;
+  for (int64_t i = 2 * 2048; i < 3 * 2048; ++i) x1[i] *= 1e-36f;
+  MatMul(pool, x1.data(), 1, long_w.view(), nullptr, y1.data());
+  ExpectMatchesReference(x1.data(), 1, long_w.view(), nullptr, y1.data());
 }
 
 // T past the decode path's limit (matmul.h); int4 with VNNI takes the decode
