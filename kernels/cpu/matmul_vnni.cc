@@ -436,9 +436,10 @@ HWY_INLINE void SumSets(const __m512 (&acc)[kSets][R][TT], __m512 (&out)[R][TT])
 template <int R, int TT>
 HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
                              __m512 (&out)[R][TT]) {
-  // One row against one token rotates 4 sets of accumulators, as
-  // AccumulateI4 does (whole decode steps at 0.79-0.94 of the bandwidth
-  // probe, against 0.81-0.87 with one set and 0.76-0.77 with 8).
+  // One row against one token (a tile's last row and token at T >= 2; one
+  // token alone takes RowsDotI8) rotates 4 sets of accumulators, as
+  // AccumulateI4 does: measured when whole decode steps took this path, at
+  // 0.79-0.94 of the bandwidth probe against 0.81-0.87 with one set.
   constexpr int kChains = R * TT == 1 ? 4 : 1;
   const int64_t cols = w.cols;
   const uint8_t* rows[R];
@@ -492,15 +493,14 @@ HWY_INLINE void ChunkI8(const uint8_t* const (&rows)[R], int64_t at, int64_t n, 
   }
 }
 
-// sum[r]: 16 lanes whose sum is int8 row r (of cols weights) times one token
-// before the row scale, against the token's block records
+// sum[0, R): 16 lanes each, whose sum is int8 row r (of cols weights) times
+// one token before the row scale, against the token's block records
 // (QuantizeRowBlocksI8). A row's integer sums run through a whole block
-// before one conversion; R > 1 rows share each activation load (int8 rows
-// against one token were bound by loads: two activation vectors per 64
-// weight bytes).
+// before one conversion; R > 1 rows share each activation load (4 rows:
+// decode steps 4-7% more tokens/s than one row at a time).
 template <int R>
 HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const uint8_t* rec,
-                          __m512 (&sum)[R]) {
+                          __m512* sum) {
   constexpr int kPairs = R == 1 ? 4 : 2;  // within the 32 vector registers
   const int64_t prefetch = PrefetchDistance(R, cols);
   for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
@@ -718,35 +718,33 @@ HWY_INLINE __m512 SumEach(const __m512 (&v)[16]) {
 }
 
 // y[r0 .. r0 + n) for one token (T = 1), n <= 16: the rows one after another
-// (one sequential stream per thread, as the DRAM prefetchers like best; the
-// token's records stay in L1), their sums reduced together.
+// (int4), or 4 at a time (int8), so each thread streams one contiguous range,
+// as the DRAM prefetchers like best, while the token's records stay in L1;
+// the rows' sums are reduced together.
 template <bool kInt4, int kGroup>
 HWY_NOINLINE void RowsOneToken(const WeightMatrix& w, int64_t r0, int64_t n, const QuantizedX& qx,
                                const float* bias, float* y) {
   __m512 sums[16];
   int64_t j = 0;
-  if constexpr (!kInt4) {
-    constexpr int kRows = 4;
+  if constexpr (kInt4) {
+    for (; j < n; ++j) {
+      __m512 acc[1][1];
+      AccumulateI4<kGroup, 1, 1>(w, r0 + j, qx, 0, acc);
+      sums[j] = acc[0][0];
+    }
+  } else {
     const auto* data = static_cast<const uint8_t*>(w.data);
-    for (; j + kRows <= n; j += kRows) {
-      const uint8_t* rows[kRows];
-      for (int r = 0; r < kRows; ++r) rows[r] = data + (r0 + j + r) * w.cols;
-      __m512 dots[kRows];
-      RowsDotI8<kRows>(rows, w.cols, qx.data, dots);
-      for (int r = 0; r < kRows; ++r) sums[j + r] = dots[r];
+    for (; j + 4 <= n; j += 4) {
+      const uint8_t* rows[4];
+      for (int r = 0; r < 4; ++r) rows[r] = data + (r0 + j + r) * w.cols;
+      RowsDotI8<4>(rows, w.cols, qx.data, sums + j);
     }
     for (; j < n; ++j) {
       const uint8_t* rows[1] = {data + (r0 + j) * w.cols};
-      __m512 dots[1];
-      RowsDotI8<1>(rows, w.cols, qx.data, dots);
-      sums[j] = dots[0];
+      RowsDotI8<1>(rows, w.cols, qx.data, sums + j);
     }
   }
-  for (; j < 16; ++j) {
-    __m512 acc[1][1] = {{_mm512_setzero_ps()}};
-    if (j < n) Accumulate<kInt4, kGroup, 1, 1>(w, r0 + j, qx, 0, acc);
-    sums[j] = acc[0][0];
-  }
+  for (; j < 16; ++j) sums[j] = _mm512_setzero_ps();
   const __mmask16 live = FirstFloats(n);
   __m512 out = SumEach(sums);
   if constexpr (!kInt4) out = _mm512_mul_ps(out, _mm512_maskz_loadu_ps(live, w.scales + r0));
@@ -833,8 +831,9 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T,
   if (!kInt4 && T == 1) {
     qx.chunks = (w.cols + kRowBlockInputs - 1) / kRowBlockInputs;
     qx.record_bytes = kRowBlockRecordBytes;
-    qx.data = Scratch(static_cast<size_t>(qx.chunks * qx.record_bytes));
-    QuantizeRowBlocksI8(x, w.cols, const_cast<uint8_t*>(qx.data));
+    uint8_t* records = Scratch(static_cast<size_t>(qx.chunks * qx.record_bytes));
+    QuantizeRowBlocksI8(x, w.cols, records);
+    qx.data = records;
     return RunTiles<false, 0>(pool, qx, T, products);
   }
   qx.chunks = (w.cols + ChunkInputs<kInt4>() - 1) / ChunkInputs<kInt4>();
