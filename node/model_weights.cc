@@ -135,11 +135,11 @@ class Loader {
     cpu::WeightMatrix out;
     const bool stored_ok = src.dtype == DType::kF32 || src.dtype == DType::kF16 ||
                            src.dtype == DType::kBF16;
-    const int64_t col_block = options_.cpu_column_blocks && name != kEmbedTokensName
+    const int64_t col_block = options_.cpu_layout && name != kEmbedTokensName
                                   ? cpu::ColumnBlockFor(src.dtype, ce - cb)
                                   : 0;
     if (options_.quantize == WeightQuantization::kNone && stored_ok && cb == 0 && ce == cols &&
-        col_block == 0) {
+        !options_.cpu_layout) {
       uses_checkpoint_ = true;
       out = RowSlice(full, rb, re);
     } else if (options_.quantize == WeightQuantization::kNone && stored_ok) {
@@ -160,7 +160,7 @@ class Loader {
     const size_t rows = static_cast<size_t>(re - rb);
     AlignedBuffer& buf = buffers_.emplace_back(RowBytes(full.dtype, ce - cb) * rows);
     const uint8_t* src = static_cast<const uint8_t*>(full.data) + src_row * static_cast<size_t>(rb);
-    cpu::CopyToColumnBlocks(src, static_cast<int64_t>(src_row), re - rb, cb, ce - cb,
+    cpu::CopyToColumnBlocks(pool_, src, static_cast<int64_t>(src_row), re - rb, cb, ce - cb,
                             DTypeBytes(full.dtype, 1), col_block, buf.data());
     ReleaseMappedPages(src, src_row * rows);
     return cpu::WeightMatrix{.dtype = full.dtype, .rows = re - rb, .cols = ce - cb,

@@ -57,7 +57,7 @@ StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
                                                       .quantize = options.quantize,
                                                       .int4_group_size = options.int4_group_size,
                                                       .load_threads = options.threads,
-                                                      .cpu_column_blocks = true}));
+                                                      .cpu_layout = true}));
   ASSIGN_OR_RETURN(
       PagedKvCache kv,
       PagedKvCache::Create(PagedKvCacheOptions{

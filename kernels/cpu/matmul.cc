@@ -781,17 +781,26 @@ int64_t ColumnBlockFor(DType dtype, int64_t cols) {
   return widened && cols > kColumns ? kColumns : 0;
 }
 
-void CopyToColumnBlocks(const void* src, int64_t src_row_bytes, int64_t rows, int64_t c0,
-                        int64_t cols, size_t elem, int64_t col_block, void* dst) {
+void CopyToColumnBlocks(ThreadPool& pool, const void* src, int64_t src_row_bytes, int64_t rows,
+                        int64_t c0, int64_t cols, size_t elem, int64_t col_block, void* dst) {
   if (col_block <= 0 || col_block >= cols) col_block = cols;
   const uint8_t* from = static_cast<const uint8_t*>(src);
   uint8_t* to = static_cast<uint8_t*>(dst);
-  for (int64_t b0 = 0; b0 < cols; b0 += col_block) {
-    const size_t width = elem * static_cast<size_t>(std::min(col_block, cols - b0));
-    for (int64_t r = 0; r < rows; ++r, to += width) {
-      std::memcpy(to, from + r * src_row_bytes + elem * static_cast<size_t>(c0 + b0), width);
+  // Block b holds rows x its width, after the whole blocks before it.
+  const size_t full_block_bytes = elem * static_cast<size_t>(col_block * rows);
+  constexpr int64_t kPieceBytes = int64_t{1} << 20;
+  const int64_t piece_rows =
+      std::max<int64_t>(1, kPieceBytes / std::max<int64_t>(1, static_cast<int64_t>(elem) * cols));
+  pool.ParallelFor(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t b0 = 0; b0 < cols; b0 += col_block) {
+      const size_t width = elem * static_cast<size_t>(std::min(col_block, cols - b0));
+      uint8_t* block = to + full_block_bytes * static_cast<size_t>(b0 / col_block);
+      for (int64_t r = r0; r < r1; ++r) {
+        std::memcpy(block + width * static_cast<size_t>(r),
+                    from + r * src_row_bytes + elem * static_cast<size_t>(c0 + b0), width);
+      }
     }
-  }
+  }, piece_rows);
 }
 
 HWY_EXPORT(MatMulImpl);

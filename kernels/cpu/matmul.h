@@ -90,9 +90,11 @@ int64_t ColumnBlockFor(DType dtype, int64_t cols);
 
 // Copies rows [0, rows) and columns [c0, c0 + cols) of a row-major matrix
 // (element size `elem` bytes, `src_row_bytes` bytes per row) into `dst` in the
-// layout of a WeightMatrix with that col_block.
-void CopyToColumnBlocks(const void* src, int64_t src_row_bytes, int64_t rows, int64_t c0,
-                        int64_t cols, size_t elem, int64_t col_block, void* dst);
+// layout of a WeightMatrix with that col_block (0: row-major), in pieces of
+// rows spread over the pool (a load-time copy is bound by page faults, which
+// the cores take in parallel).
+void CopyToColumnBlocks(ThreadPool& pool, const void* src, int64_t src_row_bytes, int64_t rows,
+                        int64_t c0, int64_t cols, size_t elem, int64_t col_block, void* dst);
 
 inline int64_t Int4RowBytes(int64_t cols) { return (cols + 1) / 2; }
 inline int64_t Int4NumGroups(int64_t cols, int group_size) {

@@ -315,9 +315,11 @@ TEST_F(MatMulColumnBlocksTest, EqualTheRowMajorMatrixOnEveryPath) {
     int64_t rows, cols, col_block;
   };
   // Blocks that divide the row, a narrower last block, one of them shorter
-  // than a SIMD step, and the stage's own choice for a wide row.
+  // than a SIMD step, and the stage's own choice for a wide row, once with
+  // enough rows that the copy runs in several pieces.
   const Case cases[] = {{37, 1000, 256}, {21, 300, 128}, {9, 130, 64},
-                        {13, 8192 + 96, ColumnBlockFor(DType::kBF16, 8192 + 96)}};
+                        {13, 8192 + 96, ColumnBlockFor(DType::kBF16, 8192 + 96)},
+                        {97, 8192 + 96, ColumnBlockFor(DType::kBF16, 8192 + 96)}};
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (const Case& c : cases) {
       SCOPED_TRACE(::testing::Message() << DTypeName(dtype) << " rows=" << c.rows
@@ -327,8 +329,8 @@ TEST_F(MatMulColumnBlocksTest, EqualTheRowMajorMatrixOnEveryPath) {
       TestWeights plain(dtype, 0, c.rows, c.cols, values.data());
       const size_t elem = DTypeBytes(dtype, 1);
       std::vector<uint8_t> blocked_bytes(elem * static_cast<size_t>(c.rows * c.cols));
-      CopyToColumnBlocks(plain.view().data, static_cast<int64_t>(elem) * c.cols, c.rows, 0, c.cols,
-                         elem, c.col_block, blocked_bytes.data());
+      CopyToColumnBlocks(pool, plain.view().data, static_cast<int64_t>(elem) * c.cols, c.rows, 0,
+                         c.cols, elem, c.col_block, blocked_bytes.data());
       WeightMatrix blocked = plain.view();
       blocked.data = blocked_bytes.data();
       blocked.col_block = c.col_block;

@@ -145,13 +145,13 @@ TEST_F(ModelWeightsTest, QuantizedTiedHeadSharesTheQuantizedEmbedding) {
   EXPECT_EQ(w4->rank(0).embedding.data, nullptr);  // not the first stage
 }
 
-TEST_F(ModelWeightsTest, CpuColumnBlocksHoldTheSameRows) {
+TEST_F(ModelWeightsTest, CpuLayoutOwnsTheSameRows) {
   ModelSpec spec;
   for (int tp : {1, 2}) {
     SCOPED_TRACE(::testing::Message() << "tp=" << tp);
     const WeightLoadOptions plain_options{.range = {.layer_begin = 0, .layer_end = 1}, .tp = tp};
     WeightLoadOptions blocked_options = plain_options;
-    blocked_options.cpu_column_blocks = true;
+    blocked_options.cpu_layout = true;
     auto plain = Load("wide", plain_options, &spec);
     auto blocked = Load("wide", blocked_options);
     ASSERT_TRUE(plain && blocked);
@@ -163,9 +163,20 @@ TEST_F(ModelWeightsTest, CpuColumnBlocksHoldTheSameRows) {
       EXPECT_EQ(p.layers[0].down.col_block, 0);
       EXPECT_EQ(down.col_block, cpu::ColumnBlockFor(DType::kBF16, down.cols));
       EXPECT_GT(cpu::NumColumnBlocks(down), 1);
-      // Narrow rows and the looked-up embedding stay row-major in the checkpoint.
+      // Narrow rows and the looked-up embedding stay row-major.
       EXPECT_EQ(b.layers[0].gate.col_block, 0);
       EXPECT_EQ(b.embedding.col_block, 0);
+      // Every matrix is an owned copy, its rows starting on cache lines.
+      for (const cpu::WeightMatrix* m : {&b.embedding, &b.layers[0].q, &b.layers[0].k,
+                                         &b.layers[0].o, &b.layers[0].gate, &down}) {
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(m->data) % kBufferAlignment, 0u);
+      }
+      for (int64_t row : {int64_t{0}, b.layers[0].gate.rows - 1}) {
+        std::vector<float> want_gate(static_cast<size_t>(spec.hidden_size)), got_gate(want_gate.size());
+        cpu::DequantizeRow(p.layers[0].gate, row, want_gate.data());
+        cpu::DequantizeRow(b.layers[0].gate, row, got_gate.data());
+        ASSERT_EQ(want_gate, got_gate) << "rank " << r << " gate row " << row;
+      }
       std::vector<float> want(static_cast<size_t>(down.cols)), got(want.size());
       for (int64_t row = 0; row < down.rows; ++row) {
         cpu::DequantizeRow(p.layers[0].down, row, want.data());
@@ -173,7 +184,8 @@ TEST_F(ModelWeightsTest, CpuColumnBlocksHoldTheSameRows) {
         ASSERT_EQ(want, got) << "rank " << r << " row " << row;
       }
     }
-    EXPECT_TRUE(blocked->uses_checkpoint());
+    EXPECT_TRUE(plain->uses_checkpoint());
+    EXPECT_FALSE(blocked->uses_checkpoint());
     EXPECT_EQ(blocked->weight_bytes(), plain->weight_bytes());
     EXPECT_EQ(blocked->bytes_per_step(), plain->bytes_per_step());
   }
