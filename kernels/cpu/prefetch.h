@@ -6,9 +6,14 @@
 // to 0.99-1.0 of a plain sequential read, int4 from 0.67-0.79 to 0.97-1.09 of
 // the probe; 2 AVX-512 cores). A prefetch never faults, so p may lie past the
 // end of the data.
+//
+// Always inlined: the kernels that call it are compiled for SIMD targets
+// (Highway's per-target pragmas) that this plain function does not share, so
+// GCC 12 does not inline it there by itself, and a call to a function without
+// side effects whose result is unused is deleted, prefetch and all.
 
 namespace tandem::cpu {
 
-inline void PrefetchToL2(const void* p) { __builtin_prefetch(p, 0, 2); }
+[[gnu::always_inline]] inline void PrefetchToL2(const void* p) { __builtin_prefetch(p, 0, 2); }
 
 }  // namespace tandem::cpu
