@@ -5,11 +5,12 @@
 // loaded into. Loading, layer-range slicing, TP sharding and quantization all
 // walk that one description (LoadStageWeights below).
 //
-// Matrices stay in the checkpoint's mapped memory whenever they can (a whole
-// matrix or a block of its rows, kept in the stored dtype); a column slice, a
-// matrix laid out in column blocks or a quantized matrix is materialized
-// into owned buffers. Norm weights and
-// biases are widened to f32 once at load.
+// Without WeightLoadOptions::cpu_layout (GPU stages, which upload them),
+// matrices stay in the checkpoint's mapped memory whenever they can (a whole
+// matrix or a block of its rows, kept in the stored dtype); a column slice or
+// a quantized matrix is materialized into owned buffers. CPU stages own every
+// matrix (cpu_layout). Norm weights and biases are widened to f32 once at
+// load.
 #include <cstdint>
 #include <deque>
 #include <memory>
