@@ -506,8 +506,11 @@ constexpr int kOneTokenRowsI8 = 8;
 template <int R>
 HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const uint8_t* rec,
                           __m512* sum) {
-  // Accumulator pairs per row, within the 32 vector registers.
-  constexpr int kPairs = R == 1 ? 4 : (R >= 8 ? 1 : 2);
+  // Accumulator pairs per row: 4 hide the latency for one row; 8 rows'
+  // 16 accumulators are independent enough with one pair each, and more would
+  // not fit the 32 vector registers.
+  static_assert(R == 1 || R == kOneTokenRowsI8, "RowsOneToken's row counts");
+  constexpr int kPairs = R == 1 ? 4 : 1;
   const int64_t prefetch = PrefetchDistance(R, cols);
   for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < cols; b0 += kRowBlockInputs, rec += kRowBlockRecordBytes) {
@@ -724,9 +727,9 @@ HWY_INLINE __m512 SumEach(const __m512 (&v)[16]) {
 }
 
 // y[r0 .. r0 + n) for one token (T = 1), n <= 16: the rows one after another
-// (int4), or kOneTokenRowsI8 at a time (int8), so each thread streams one contiguous range,
-// as the DRAM prefetchers like best, while the token's records stay in L1;
-// the rows' sums are reduced together.
+// (int4), or kOneTokenRowsI8 at a time (int8), so each thread streams one
+// contiguous range, as the DRAM prefetchers like best, while the token's
+// records stay in L1; the rows' sums are reduced together.
 template <bool kInt4, int kGroup>
 HWY_NOINLINE void RowsOneToken(const WeightMatrix& w, int64_t r0, int64_t n, const QuantizedX& qx,
                                const float* bias, float* y) {
