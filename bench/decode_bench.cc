@@ -31,13 +31,9 @@
 #include "kernels/cpu/thread_pool.h"
 #include "nlohmann/json.hpp"
 #include "config/node_config.h"
+#include "node/cuda_backend.h"
 #include "node/local_pipeline.h"
 #include "node/sampler.h"
-#ifdef TANDEM_HAVE_CUDA
-#include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/device_info.h"
-#include "kernels/cuda/matmul.h"
-#endif
 
 namespace tandem {
 namespace {
@@ -113,27 +109,29 @@ Status RunDecodeBench(const DecodeFlags& f) {
     peak_gflops = cpu::MeasurePeakGflops(*probe_pool);
     simd = cpu::SimdTargetName();
   } else {
-#ifdef TANDEM_HAVE_CUDA
-    const std::vector<cuda::DeviceInfo> present = cuda::ListDevices();
+    StatusOr<const CudaBackend*> cuda = LoadCudaBackend();
+    if (!cuda.ok()) {
+      return Status(cuda.status().code(),
+                    absl::StrCat("--devices ", f.device, ": ", cuda.status().message()));
+    }
+    const std::vector<cuda::DeviceInfo> present = (*cuda)->list_devices();
     for (int gpu : gpus) {
       if (static_cast<size_t>(gpu) >= present.size()) {
         return absl::NotFoundError(absl::StrCat("--devices ", f.device, ": no GPU ", gpu,
                                                 " (this machine has ", present.size(), ")"));
       }
-      try {
-        roofline_gbps += cuda::MeasureDeviceBandwidthGBps(gpu);
-        peak_gflops += cuda::MeasureGemmPeakGflops(gpu);
-      } catch (const cuda::CudaError& e) {
-        return absl::UnavailableError(absl::StrCat("--devices ", f.device, ": ", e.what()));
+      StatusOr<double> gbps = (*cuda)->memory_bandwidth_gbps(gpu);
+      StatusOr<double> gflops = gbps.ok() ? (*cuda)->gemm_peak_gflops(gpu) : gbps;
+      if (!gflops.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("--devices ", f.device, ": ", gflops.status().message()));
       }
+      roofline_gbps += *gbps;
+      peak_gflops += *gflops;
       absl::StrAppend(&simd, simd.empty() ? "" : ", ", "cuda:", gpu, " ",
                       present[static_cast<size_t>(gpu)].name);
     }
     threads = 1;
-#else
-    return absl::UnimplementedError(
-        absl::StrCat("--devices ", f.device, ": this build has no CUDA backend"));
-#endif
   }
   const size_t rss_before = ResidentBytes();
   PipelineOptions options{

@@ -11,7 +11,7 @@
 //    disjoint slice of the elements over the ranks in rank order, with
 //    device copies and adds; a second barrier ends the call. Slower and not
 //    capturable: it lets tensor parallelism run, and be tested, on one GPU.
-// Only built with the CUDA backend (TANDEM_HAVE_CUDA).
+// Part of the CUDA backend module (node/cuda_backend.h).
 #include <cuda_runtime_api.h>
 
 #include <memory>

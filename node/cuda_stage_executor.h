@@ -16,7 +16,8 @@
 // captured once per batch size as CUDA graphs and replayed
 // (StageOptions::cuda_graphs; not with ranks that share one GPU).
 //
-// Only built with the CUDA backend (TANDEM_HAVE_CUDA). Not thread-safe.
+// Part of the CUDA backend module (node/cuda_backend.h); other code
+// reaches it through CreateStage. Not thread-safe.
 #include <cstdint>
 #include <memory>
 #include <span>

@@ -4,10 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "node/cuda_backend.h"
 #include "node/stage_executor.h"
-#ifdef TANDEM_HAVE_CUDA
-#include "node/cuda_stage_executor.h"
-#endif
 
 namespace tandem {
 
@@ -120,15 +118,13 @@ StatusOr<std::unique_ptr<Stage>> CreateStage(const ModelSpec& spec,
     ASSIGN_OR_RETURN(auto stage, StageExecutor::Create(spec, std::move(checkpoint), options));
     return std::unique_ptr<Stage>(std::move(stage));
   }
-#ifdef TANDEM_HAVE_CUDA
-  ASSIGN_OR_RETURN(auto stage,
-                   CudaStageExecutor::Create(spec, std::move(checkpoint), options, cuda_devices));
-  return std::unique_ptr<Stage>(std::move(stage));
-#else
-  return absl::UnimplementedError(absl::StrCat(
-      "cuda:", absl::StrJoin(cuda_devices, ","), " was asked for, but this build has no CUDA backend "
-      "(configure with TANDEM_CUDA=ON on a machine with the CUDA toolkit)"));
-#endif
+  StatusOr<const CudaBackend*> cuda = LoadCudaBackend();
+  if (!cuda.ok()) {
+    return Status(cuda.status().code(), absl::StrCat("cuda:", absl::StrJoin(cuda_devices, ","),
+                                                     " was asked for, but ",
+                                                     cuda.status().message()));
+  }
+  return (*cuda)->create_stage(spec, std::move(checkpoint), options, cuda_devices);
 }
 
 }  // namespace tandem

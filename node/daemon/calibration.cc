@@ -9,14 +9,6 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/roofline.h"
 #include "kernels/cpu/thread_pool.h"
-#ifdef TANDEM_HAVE_CUDA
-#include <cuda_runtime.h>
-
-#include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/device_buffer.h"
-#include "kernels/cuda/device_info.h"
-#include "kernels/cuda/matmul.h"
-#endif
 
 namespace tandem {
 
@@ -59,6 +51,29 @@ RandomMatrix MakeMatrix(int64_t rows, int64_t cols, DType dtype, std::mt19937& r
   return m;
 }
 
+// One decoder layer's matrices (q, k, v, o, gate, up, down) with random
+// values.
+std::vector<RandomMatrix> LayerMatrices(const ModelSpec& spec, DType dtype, std::mt19937& rng) {
+  const int64_t h = spec.hidden_size, inter = spec.intermediate_size;
+  std::vector<RandomMatrix> mats;
+  mats.push_back(MakeMatrix(spec.q_size(), h, dtype, rng));
+  mats.push_back(MakeMatrix(spec.kv_size(), h, dtype, rng));
+  mats.push_back(MakeMatrix(spec.kv_size(), h, dtype, rng));
+  mats.push_back(MakeMatrix(h, spec.q_size(), dtype, rng));
+  mats.push_back(MakeMatrix(inter, h, dtype, rng));
+  mats.push_back(MakeMatrix(inter, h, dtype, rng));
+  mats.push_back(MakeMatrix(h, inter, dtype, rng));
+  return mats;
+}
+
+// The lm_head's time, estimated from the layer's: the same bytes per ms.
+double HeadMs(const ModelSpec& spec, DType dtype, double decode_layer_ms) {
+  const size_t layer_bytes = spec.LayerWeightBytes(dtype);
+  const size_t head_matrix =
+      spec.tie_word_embeddings ? spec.EmbeddingBytes(dtype) : spec.HeadBytes(dtype);
+  return layer_bytes ? decode_layer_ms * static_cast<double>(head_matrix) / layer_bytes : 0;
+}
+
 // Median wall time of `fn` over `reps` runs after one warm-up, in ms.
 template <typename Fn>
 double TimeMs(int reps, Fn&& fn) {
@@ -81,15 +96,7 @@ Calibration CalibrateNode(const ModelSpec& spec, DType weight_dtype, int threads
   cpu::ThreadPool pool(threads);
   std::mt19937 rng(1234);
   const int64_t h = spec.hidden_size, inter = spec.intermediate_size;
-  std::vector<RandomMatrix> mats;
-  mats.push_back(MakeMatrix(spec.q_size(), h, weight_dtype, rng));
-  mats.push_back(MakeMatrix(spec.kv_size(), h, weight_dtype, rng));
-  mats.push_back(MakeMatrix(spec.kv_size(), h, weight_dtype, rng));
-  mats.push_back(MakeMatrix(h, spec.q_size(), weight_dtype, rng));
-  mats.push_back(MakeMatrix(inter, h, weight_dtype, rng));
-  mats.push_back(MakeMatrix(inter, h, weight_dtype, rng));
-  mats.push_back(MakeMatrix(h, inter, weight_dtype, rng));
-
+  std::vector<RandomMatrix> mats = LayerMatrices(spec, weight_dtype, rng);
   const int64_t widest = std::max({h, inter, static_cast<int64_t>(spec.q_size())});
   std::vector<float> x(static_cast<size_t>(prefill_tokens * widest), 0.5f);
   std::vector<float> y(static_cast<size_t>(prefill_tokens * widest));
@@ -102,92 +109,26 @@ Calibration CalibrateNode(const ModelSpec& spec, DType weight_dtype, int threads
   c.prefill_tokens = prefill_tokens;
   c.decode_layer_ms = TimeMs(7, [&] { run_layer(1); });
   c.prefill_layer_ms = TimeMs(3, [&] { run_layer(prefill_tokens); });
-  size_t layer_bytes = spec.LayerWeightBytes(weight_dtype);
-  size_t head_matrix = spec.tie_word_embeddings ? spec.EmbeddingBytes(weight_dtype)
-                                                : spec.HeadBytes(weight_dtype);
-  c.head_ms = layer_bytes ? c.decode_layer_ms * static_cast<double>(head_matrix) / layer_bytes : 0;
+  c.head_ms = HeadMs(spec, weight_dtype, c.decode_layer_ms);
   c.memory_bandwidth_gbps = cpu::MeasureMemoryBandwidthGBps(pool);
   return c;
 }
 
-#ifdef TANDEM_HAVE_CUDA
-StatusOr<Calibration> CalibrateCudaNode(const ModelSpec& spec, DType weight_dtype, int device,
-                                        int prefill_tokens) {
+StatusOr<Calibration> CalibrateCudaNode(const CudaBackend& cuda, const ModelSpec& spec,
+                                        DType weight_dtype, int device, int prefill_tokens) {
   std::mt19937 rng(1234);
-  const int64_t h = spec.hidden_size, inter = spec.intermediate_size;
-  const int64_t widest = std::max({h, inter, static_cast<int64_t>(spec.q_size())});
-  const std::pair<int64_t, int64_t> shapes[] = {
-      {spec.q_size(), h}, {spec.kv_size(), h}, {spec.kv_size(), h}, {h, spec.q_size()},
-      {inter, h},         {inter, h},          {h, inter}};
-  try {
-    CUDA_CHECK(cudaSetDevice(device));
-    std::vector<cuda::DeviceBuffer> buffers;
-    std::vector<cuda::DeviceMatrix> mats;
-    for (auto [rows, cols] : shapes) {
-      RandomMatrix m = MakeMatrix(rows, cols, weight_dtype, rng);
-      cuda::DeviceBuffer& data = buffers.emplace_back(m.data.size());
-      data.CopyFromHost(m.data.data(), m.data.size());
-      const float* scales = nullptr;
-      if (!m.scales.empty()) {
-        cuda::DeviceBuffer& s = buffers.emplace_back(m.scales.size() * sizeof(float));
-        s.CopyFromHost(m.scales.data(), m.scales.size() * sizeof(float));
-        scales = s.As<float>();
-      }
-      mats.push_back({.dtype = weight_dtype, .rows = rows, .cols = cols, .data = data.data(),
-                      .scales = scales, .group_size = m.w.group_size});
-    }
-    cuda::DeviceBuffer x(static_cast<size_t>(prefill_tokens * widest) * sizeof(float));
-    cuda::DeviceBuffer y(static_cast<size_t>(prefill_tokens * widest) * sizeof(float));
-    CUDA_CHECK(cudaMemset(x.data(), 0, x.bytes()));
-    cuda::DeviceBuffer scratch(cuda::PrefillScratchBytes(prefill_tokens, widest));
-    cublasHandle_t cublas = nullptr;
-    CUBLAS_CHECK(cublasCreate(&cublas));
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    const cuda::GemmContext gemm{.cublas = cublas, .scratch = scratch.data(),
-                                 .scratch_bytes = scratch.bytes()};
-    // Median of `reps` timings of `fn` on the default stream, after a warm-up.
-    auto time_ms = [&](int reps, auto&& fn) {
-      fn();
-      std::vector<double> times;
-      for (int i = 0; i < reps; ++i) {
-        CUDA_CHECK(cudaEventRecord(start));
-        fn();
-        CUDA_CHECK(cudaEventRecord(stop));
-        CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        times.push_back(ms);
-      }
-      std::sort(times.begin(), times.end());
-      return times[times.size() / 2];
-    };
-    auto run_layer = [&](int64_t tokens) {
-      for (const cuda::DeviceMatrix& m : mats) {
-        cuda::MatMul(gemm, x.As<float>(), tokens, m, nullptr, y.As<float>(), nullptr);
-      }
-    };
-    Calibration c;
-    c.threads = 1;
-    c.prefill_tokens = prefill_tokens;
-    c.decode_layer_ms = time_ms(20, [&] { run_layer(1); });
-    c.prefill_layer_ms = time_ms(10, [&] { run_layer(prefill_tokens); });
-    const size_t layer_bytes = spec.LayerWeightBytes(weight_dtype);
-    const size_t head_matrix = spec.tie_word_embeddings ? spec.EmbeddingBytes(weight_dtype)
-                                                        : spec.HeadBytes(weight_dtype);
-    c.head_ms =
-        layer_bytes ? c.decode_layer_ms * static_cast<double>(head_matrix) / layer_bytes : 0;
-    c.memory_bandwidth_gbps = cuda::MeasureDeviceBandwidthGBps(device);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    cublasDestroy(cublas);
-    return c;
-  } catch (const cuda::CudaError& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot calibrate on CUDA device ", device, ": ", e.what()));
-  }
+  std::vector<RandomMatrix> mats = LayerMatrices(spec, weight_dtype, rng);
+  std::vector<cpu::WeightMatrix> layer;
+  for (const RandomMatrix& m : mats) layer.push_back(m.w);
+  ASSIGN_OR_RETURN(CudaLayerTiming t, cuda.time_layer(layer, prefill_tokens, device));
+  Calibration c;
+  c.threads = 1;
+  c.prefill_tokens = prefill_tokens;
+  c.decode_layer_ms = t.decode_ms;
+  c.prefill_layer_ms = t.prefill_ms;
+  c.head_ms = HeadMs(spec, weight_dtype, c.decode_layer_ms);
+  c.memory_bandwidth_gbps = t.memory_bandwidth_gbps;
+  return c;
 }
-#endif
 
 }  // namespace tandem

@@ -7,6 +7,7 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "model/model_spec.h"
+#include "node/cuda_backend.h"
 
 namespace tandem {
 
@@ -24,13 +25,11 @@ struct Calibration {
 Calibration CalibrateNode(const ModelSpec& spec, DType weight_dtype, int threads,
                           int prefill_tokens = 64);
 
-#ifdef TANDEM_HAVE_CUDA
 // The same figures for a stage on CUDA device `device`: the layer's matrix
 // multiplies timed on the GPU with CUDA events, and the device memory
 // bandwidth from a large device-to-device copy. Errors: no such device, or
 // too little device memory for one layer.
-StatusOr<Calibration> CalibrateCudaNode(const ModelSpec& spec, DType weight_dtype, int device,
-                                        int prefill_tokens = 64);
-#endif
+StatusOr<Calibration> CalibrateCudaNode(const CudaBackend& cuda, const ModelSpec& spec,
+                                        DType weight_dtype, int device, int prefill_tokens = 64);
 
 }  // namespace tandem

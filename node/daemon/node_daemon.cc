@@ -11,12 +11,10 @@
 #include "core/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "model/checkpoint.h"
+#include "node/cuda_backend.h"
 #include "proto/grpc_channel.h"
 #include "proto/hello.h"
 #include "tandem/v1/coordinator.grpc.pb.h"
-#ifdef TANDEM_HAVE_CUDA
-#include "kernels/cuda/device_info.h"
-#endif
 
 namespace tandem {
 
@@ -79,21 +77,23 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
   // The CPU, or the node's GPUs with tensor parallelism across them
   // (config/ has refused mixing the CPU with GPUs, and repeats).
   d->cuda_devices_ = CudaOrdinals(config.devices);
-#ifndef TANDEM_HAVE_CUDA
+  const CudaBackend* cuda = nullptr;
   if (!d->cuda_devices_.empty()) {
-    return absl::UnimplementedError("--devices " + DevicesToString(config.devices) +
-                                    ": this tandem-node was built without the CUDA backend "
-                                    "(use --devices cpu, or build with TANDEM_CUDA=ON)");
+    StatusOr<const CudaBackend*> loaded = LoadCudaBackend();
+    if (!loaded.ok()) {
+      return Status(loaded.status().code(),
+                    absl::StrCat("--devices ", DevicesToString(config.devices), ": ",
+                                 loaded.status().message(), " (--devices cpu needs no GPU)"));
+    }
+    cuda = *loaded;
   }
-#endif
   ASSIGN_OR_RETURN(d->spec_, LoadModelSpec(config.model));
 
   spdlog::info("node '{}': {} (calibrating on {})", d->config_.name, d->spec_.ToString(),
                d->cuda_devices_.empty() ? "the CPU" : DevicesToString(config.devices));
   uint64_t device_memory = MemAvailableBytes();
-#ifdef TANDEM_HAVE_CUDA
-  if (!d->cuda_devices_.empty()) {
-    const std::vector<cuda::DeviceInfo> gpus = cuda::ListDevices();
+  if (cuda != nullptr) {
+    const std::vector<cuda::DeviceInfo> gpus = cuda->list_devices();
     device_memory = 0;
     for (int device : d->cuda_devices_) {
       auto gpu = std::find_if(gpus.begin(), gpus.end(),
@@ -104,11 +104,13 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
                                                 gpus.size(), ")"));
       }
       device_memory += gpu->free_memory_bytes;
+      d->gpus_.push_back(*gpu);
     }
     // Timed on the first GPU. With N GPUs each streams 1/N of every layer
     // at once, so a layer takes about 1/N of the time (the all-reduces,
     // microseconds over NVLink, are left out) at N times the bandwidth.
-    ASSIGN_OR_RETURN(d->calibration_, CalibrateCudaNode(d->spec_, WeightDType(config, d->spec_),
+    ASSIGN_OR_RETURN(d->calibration_, CalibrateCudaNode(*cuda, d->spec_,
+                                                        WeightDType(config, d->spec_),
                                                         d->cuda_devices_[0]));
     const double n = static_cast<double>(d->cuda_devices_.size());
     d->calibration_.decode_layer_ms /= n;
@@ -118,9 +120,6 @@ StatusOr<std::unique_ptr<NodeDaemon>> NodeDaemon::Start(const NodeConfig& config
   } else {
     d->calibration_ = CalibrateNode(d->spec_, WeightDType(config, d->spec_), config.threads);
   }
-#else
-  d->calibration_ = CalibrateNode(d->spec_, WeightDType(config, d->spec_), config.threads);
-#endif
   d->memory_budget_ = config.memory_budget ? config.memory_budget : device_memory / 10 * 9;
   d->kv_budget_ = config.kv_budget ? config.kv_budget
                                    : std::min<uint64_t>(uint64_t{512} << 20, d->memory_budget_ / 4);
@@ -253,14 +252,12 @@ v1::RegisterNodeRequest NodeDaemon::Registration() const {
   cpu->set_name(absl::StrCat(std::thread::hardware_concurrency(), " cores"));
   cpu->set_memory_bytes(MemTotalBytes());
   cpu->set_memory_bandwidth_gbps(calibration_.memory_bandwidth_gbps);
-#ifdef TANDEM_HAVE_CUDA
-  for (const cuda::DeviceInfo& gpu : cuda::ListDevices()) {
+  for (const cuda::DeviceInfo& gpu : gpus_) {
     v1::DeviceInfo* d = r.add_devices();
     d->set_kind("cuda");
     d->set_name(absl::StrCat("cuda:", gpu.index, " ", gpu.name));
     d->set_memory_bytes(gpu.total_memory_bytes);
   }
-#endif
   r.set_free_memory_bytes(MemAvailableBytes());
   v1::NodeCalibration* c = r.mutable_calibration();
   c->set_decode_layer_ms(calibration_.decode_layer_ms);

@@ -12,6 +12,7 @@
 
 #include "config/node_config.h"
 #include "core/status.h"
+#include "kernels/cuda/device_info.h"
 #include "model/model_spec.h"
 #include "node/daemon/calibration.h"
 #include "node/daemon/node_service.h"
@@ -50,6 +51,9 @@ class NodeDaemon {
   // The GPUs this node computes on, one tensor-parallel rank each; empty:
   // the CPU.
   std::vector<int> cuda_devices_;
+  // Those GPUs as the CUDA backend described them, for the registration (a
+  // CPU node never loads the backend, so it reports its CPU alone).
+  std::vector<cuda::DeviceInfo> gpus_;
   uint64_t kv_budget_ = 0;
   std::unique_ptr<NodeService> service_;
   std::unique_ptr<grpc::Server> server_;
