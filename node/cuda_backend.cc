@@ -41,9 +41,4 @@ StatusOr<const CudaBackend*> LoadCudaBackend() {
   return backend;
 }
 
-std::vector<cuda::DeviceInfo> ListCudaDevices() {
-  StatusOr<const CudaBackend*> backend = LoadCudaBackend();
-  return backend.ok() ? (*backend)->list_devices() : std::vector<cuda::DeviceInfo>{};
-}
-
 }  // namespace tandem

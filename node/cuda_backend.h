@@ -67,7 +67,4 @@ using CudaBackendEntryFn = const CudaBackend* (*)(int interface_version);
 // from another build.
 StatusOr<const CudaBackend*> LoadCudaBackend();
 
-// The visible GPUs; empty when the module cannot load or there are none.
-std::vector<cuda::DeviceInfo> ListCudaDevices();
-
 }  // namespace tandem
