@@ -30,17 +30,11 @@ StatusOr<std::unique_ptr<Stage>> CreateStage(const ModelSpec& spec,
   }
 }
 
-StatusOr<double> MemoryBandwidthGBps(int device) {
+// A measurement of GPU `device` that throws CudaError, as a Status.
+template <double (*kMeasure)(int)>
+StatusOr<double> Measured(int device) {
   try {
-    return cuda::MeasureDeviceBandwidthGBps(device);
-  } catch (const cuda::CudaError& e) {
-    return absl::UnavailableError(absl::StrCat("CUDA device ", device, ": ", e.what()));
-  }
-}
-
-StatusOr<double> GemmPeakGflops(int device) {
-  try {
-    return cuda::MeasureGemmPeakGflops(device);
+    return kMeasure(device);
   } catch (const cuda::CudaError& e) {
     return absl::UnavailableError(absl::StrCat("CUDA device ", device, ": ", e.what()));
   }
@@ -55,20 +49,13 @@ StatusOr<CudaLayerTiming> TimeLayer(std::span<const cpu::WeightMatrix> layer, in
     std::vector<cuda::DeviceBuffer> buffers;
     std::vector<cuda::DeviceMatrix> mats;
     for (const cpu::WeightMatrix& m : layer) {
-      const size_t bytes = m.dtype == DType::kI4
-                               ? static_cast<size_t>(m.rows) * cpu::Int4RowBytes(m.cols)
-                               : DTypeBytes(m.dtype, static_cast<size_t>(m.rows * m.cols));
+      const size_t bytes = cpu::WeightDataBytes(m);
       cuda::DeviceBuffer& data = buffers.emplace_back(bytes);
       data.CopyFromHost(m.data, bytes);
       const float* scales = nullptr;
-      size_t scale_count = 0;
-      if (m.dtype == DType::kI8) scale_count = static_cast<size_t>(m.rows);
-      if (m.dtype == DType::kI4) {
-        scale_count = static_cast<size_t>(m.rows * cpu::Int4NumGroups(m.cols, m.group_size));
-      }
-      if (scale_count > 0) {
-        cuda::DeviceBuffer& s = buffers.emplace_back(scale_count * sizeof(float));
-        s.CopyFromHost(m.scales, scale_count * sizeof(float));
+      if (const size_t scale_bytes = cpu::WeightScaleCount(m) * sizeof(float); scale_bytes > 0) {
+        cuda::DeviceBuffer& s = buffers.emplace_back(scale_bytes);
+        s.CopyFromHost(m.scales, scale_bytes);
         scales = s.As<float>();
       }
       mats.push_back({.dtype = m.dtype, .rows = m.rows, .cols = m.cols, .data = data.data(),
@@ -123,8 +110,8 @@ StatusOr<CudaLayerTiming> TimeLayer(std::span<const cpu::WeightMatrix> layer, in
 constexpr CudaBackend kBackend{
     .list_devices = cuda::ListDevices,
     .create_stage = CreateStage,
-    .memory_bandwidth_gbps = MemoryBandwidthGBps,
-    .gemm_peak_gflops = GemmPeakGflops,
+    .memory_bandwidth_gbps = Measured<cuda::MeasureDeviceBandwidthGBps>,
+    .gemm_peak_gflops = Measured<cuda::MeasureGemmPeakGflops>,
     .time_layer = TimeLayer,
 };
 

@@ -21,25 +21,6 @@
 namespace tandem {
 namespace {
 
-size_t MatrixBytes(const cpu::WeightMatrix& w) {
-  switch (w.dtype) {
-    case DType::kF32: return static_cast<size_t>(w.rows * w.cols) * 4;
-    case DType::kF16:
-    case DType::kBF16: return static_cast<size_t>(w.rows * w.cols) * 2;
-    case DType::kI8: return static_cast<size_t>(w.rows * w.cols);
-    case DType::kI4: return static_cast<size_t>(w.rows * cpu::Int4RowBytes(w.cols));
-    default: return 0;
-  }
-}
-
-size_t ScaleCount(const cpu::WeightMatrix& w) {
-  if (w.dtype == DType::kI8) return static_cast<size_t>(w.rows);
-  if (w.dtype == DType::kI4) {
-    return static_cast<size_t>(w.rows * cpu::Int4NumGroups(w.cols, w.group_size));
-  }
-  return 0;
-}
-
 cuda::DeviceMatrix View(const cpu::WeightMatrix& w) {
   CHECK_MSG(cpu::NumColumnBlocks(w) == 1, "GPU stage: weights must be loaded row-major");
   return {.dtype = w.dtype, .rows = w.rows, .cols = w.cols, .data = w.data, .scales = w.scales,
@@ -214,8 +195,8 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
       r.w.ForEachTensor([&](TensorSlot& slot) {
         if (slot.matrix != nullptr) {
           cpu::WeightMatrix& m = *slot.matrix;
-          m.data = upload(m.data, MatrixBytes(m));
-          m.scales = static_cast<const float*>(upload(m.scales, ScaleCount(m) * sizeof(float)));
+          m.data = upload(m.data, cpu::WeightDataBytes(m));
+          m.scales = static_cast<const float*>(upload(m.scales, cpu::WeightScaleCount(m) * sizeof(float)));
         } else if (slot.vector != nullptr) {
           // slot.rows is the checkpoint's length; a split vector (a bias of
           // column-parallel rows) holds this rank's part of it.

@@ -46,8 +46,7 @@ size_t ScalesPerRow(const cpu::WeightMatrix& w) {
 }
 
 size_t MatrixBytes(const cpu::WeightMatrix& w) {
-  return RowBytes(w.dtype, w.cols) * static_cast<size_t>(w.rows) +
-         ScalesPerRow(w) * static_cast<size_t>(w.rows) * sizeof(float);
+  return cpu::WeightDataBytes(w) + cpu::WeightScaleCount(w) * sizeof(float);
 }
 
 // Rows [begin, end) of `w` as a view (every supported layout keeps rows

@@ -34,6 +34,7 @@
 //    rounding itself (about 1e-1).
 // It is the price of not widening every weight to f32, which bounds the f32
 // path by compute, not memory.
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -99,6 +100,20 @@ void CopyToColumnBlocks(ThreadPool& pool, const void* src, int64_t src_row_bytes
 inline int64_t Int4RowBytes(int64_t cols) { return (cols + 1) / 2; }
 inline int64_t Int4NumGroups(int64_t cols, int group_size) {
   return (cols + group_size - 1) / group_size;
+}
+
+// Bytes of w's weight data (all rows, in any column-block layout), and the
+// number of floats in its scales (0 for f32, f16 and bf16).
+inline size_t WeightDataBytes(const WeightMatrix& w) {
+  if (w.dtype == DType::kI4) return static_cast<size_t>(w.rows * Int4RowBytes(w.cols));
+  return DTypeBytes(w.dtype, static_cast<size_t>(w.rows * w.cols));
+}
+inline size_t WeightScaleCount(const WeightMatrix& w) {
+  if (w.dtype == DType::kI8) return static_cast<size_t>(w.rows);
+  if (w.dtype == DType::kI4) {
+    return static_cast<size_t>(w.rows * Int4NumGroups(w.cols, w.group_size));
+  }
+  return 0;
 }
 
 // y[t][r] = sum_c x[t][c] * w[r][c] + (bias ? bias[r] : 0).
