@@ -28,9 +28,9 @@
 //    integer sums run through 2 KiB of weights between conversions, see
 //    matmul_vnni.cc): about 4-6e-5;
 //  - int4 weights: 8-bit activations, q = round_to_even(x * (127 / m)), step
-//    m / 127, where m = max|x| over each block of 8 inputs counted from the
+//    m / 127, where m = max|x| over each block of 32 inputs counted from the
 //    start of the row (inputs past the end count as 0; a block with
-//    m < 1e-30 is all 0); about 3e-3 relative L2, far below the int4 weight
+//    m < 1e-30 is all 0); about 5e-3 relative L2, far below the int4 weight
 //    rounding itself (about 1e-1).
 // It is the price of not widening every weight to f32, which bounds the f32
 // path by compute, not memory.

@@ -36,57 +36,64 @@ bool Handles(const WeightMatrix& w) {
 #if TANDEM_HAVE_VNNI_KERNELS
 namespace {
 
-// Activations of one call, quantized (see matmul_vnni.h) into one record per
-// (token, chunk). A chunk is the span of inputs that one step of the kernel
-// multiplies: 256 inputs (four 64-byte vectors) for int8 weights, 128 inputs
-// (one 64-byte vector of packed nibbles) for int4. Record layout:
-//   Planes() planes of one int8 per input (high plane first), laid out to
-//     line up with the weight bytes: int8 in input order; int4 the 64 even inputs,
-//     then the 64 odd ones (low and high nibbles of the weight bytes);
-//   16 int32: per 32-bit lane, -bias * (sum of the q the lane multiplies),
-//     which cancels the bias that makes the weights unsigned for vpdpbusd
-//     (int8: w + 128; int4: 16 (q + 8), see StepI4);
-//   16 floats: per lane, the quantization step d of the lane's block (int4:
-//     d / 16, which undoes the factor 16 of the weights exactly).
-// Lane j of a chunk (the 32-bit lane of vpdpbusd) multiplies one block:
-//   int8: inputs 64k + 4j + i (k, i < 4), 16 inputs;
-//   int4: inputs 8j .. 8j + 7.
+// Activations of one call against int8 weights, quantized (see
+// matmul_vnni.h) into one record per (token, chunk) of 256 inputs (four
+// 64-byte vectors, the span one step of the kernel multiplies):
+//   two planes of one int8 per input (high plane first), in input order like
+//     the weight bytes;
+//   16 int32: per 32-bit lane of vpdpbusd, -128 * (sum of the q the lane
+//     multiplies), which cancels the bias that makes the weights unsigned
+//     (w + 128);
+//   16 floats: per lane, the quantization step d of the lane's block.
+// Lane j of a chunk multiplies one block: inputs 64k + 4j + i (k, i < 4).
 constexpr int kLanes = 16;
+constexpr float kI8QMax = 32512.0f;  // q = 256 * hi + lo keeps hi in int8
+constexpr int64_t kI8ChunkInputs = 256;
+constexpr int64_t kI8PlaneBytes = 256;
+constexpr int64_t kI8RecordBytes = 2 * kI8PlaneBytes + 64 + 64;
 
-// int8 weights: 16-bit activations as two planes; int4: one 8-bit plane (see
-// matmul_vnni.h).
-template <bool kInt4>
-constexpr int Planes() {
-  return kInt4 ? 1 : 2;
-}
-// The largest |q| of a block (two planes: q = 256 * hi + lo keeps hi in int8).
-template <bool kInt4>
-constexpr float QMax() {
-  return Planes<kInt4>() == 2 ? 32512.0f : 127.0f;
-}
-template <bool kInt4>
-constexpr int64_t PlaneBytes() {
-  return kInt4 ? 128 : 256;
-}
-template <bool kInt4>
-constexpr int64_t RecordBytes() {
-  return Planes<kInt4>() * PlaneBytes<kInt4>() + 64 + 64;
-}
+// Activations against int4 weights: one record per token, laid out
+//   per chunk of 128 inputs (one 64-byte vector of packed nibbles), a plane
+//     of one int8 per input: the 64 even inputs, then the 64 odd ones (the
+//     low and high nibbles of the weight bytes);
+//   per chunk, 4 floats: the quantization step d / 16 of each of its blocks
+//     of 32 inputs (the 1 / 16 undoes the factor 16 of the weights, see
+//     StepI4);
+//   per weight group, a float: the sum over the group's blocks of
+//     -128 * (sum of the block's q) * d / 16, which cancels the bias that
+//     makes the weights unsigned (16 (q + 8)) once the group's scale
+//     multiplies it (AddGroupBias); zero past the last group, up to a
+//     multiple of 16 groups.
+// Lane j of a chunk (the 32-bit lane of vpdpbusd) multiplies inputs 8j ..
+// 8j + 7, of block j / 4. Steps per 32 inputs, and the bias per row rather
+// than per chunk, keep a chunk's loads to its weights, its two activation
+// vectors and 32 bytes of scales: the loads, not the vector operations, bound
+// the one-token loop (StepI4).
+constexpr float kI4QMax = 127.0f;
+constexpr int64_t kI4ChunkInputs = 128;
+constexpr int64_t kI4BlockInputs = 32;
 
 struct QuantizedX {
-  // [T, chunks] records, 64-byte aligned; int8 weights against one token:
-  // one record per block of kRowBlockInputs instead (chunks counts blocks).
-  const uint8_t* data = nullptr;
+  const uint8_t* data = nullptr;  // 64-byte aligned
   int64_t chunks = 0;
   int64_t record_bytes = 0;
+  // int8: [T, chunks] records; against one token, one record per block of
+  // kRowBlockInputs instead (chunks counts blocks).
   const uint8_t* Record(int64_t t, int64_t c) const {
     return data + (t * chunks + c) * record_bytes;
   }
+  // int4: token t's record, its parts.
+  const uint8_t* Planes(int64_t t) const { return data + t * record_bytes; }
+  const float* Steps(int64_t t) const {
+    return reinterpret_cast<const float*>(Planes(t) + chunks * kI4ChunkInputs);
+  }
+  const float* GroupBias(int64_t t) const { return Steps(t) + chunks * 4; }
 };
 
-template <bool kInt4>
-constexpr int64_t ChunkInputs() {
-  return kInt4 ? 128 : 256;
+// Bytes of one token's int4 record (a multiple of 64).
+int64_t I4RecordBytes(int64_t chunks, int64_t num_groups) {
+  const int64_t bytes = chunks * (kI4ChunkInputs + 16) + (num_groups + 15) / 16 * 64;
+  return (bytes + 63) / 64 * 64;
 }
 
 // One token against int8 weights (RowsOneToken) takes records of its own:
@@ -149,33 +156,21 @@ HWY_INLINE __mmask64 FirstBytes(int64_t n) {
   return (__mmask64{1} << n) - 1;
 }
 
-// Integer dot products of one chunk for one token and one row, exact in
-// int32: sum over the lane's inputs of q16 * w, where the record's init
+// Integer dot products of one int8 chunk for one token and one row, exact
+// in int32: sum over the lane's inputs of q16 * w, where the record's init
 // cancels the bias of the unsigned weights.
-template <bool kInt4, int kVectors = PlaneBytes<kInt4>() / 64>
-HWY_INLINE __m512i ChunkDot(const __m512i (&w)[kVectors], const uint8_t* rec) {
-  constexpr int64_t kPlaneBytes = PlaneBytes<kInt4>();
-  const __m512i init = _mm512_load_si512(rec + Planes<kInt4>() * kPlaneBytes);
-  if constexpr (Planes<kInt4>() == 2) {
-    __m512i hi = _mm512_setzero_si512();
-    __m512i lo = init;
-    for (int k = 0; k < kVectors; ++k) {
-      hi = _mm512_dpbusd_epi32(hi, w[k], _mm512_load_si512(rec + 64 * k));
-      lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_load_si512(rec + kPlaneBytes + 64 * k));
-    }
-    return _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo);
-  } else {
-    __m512i acc = init;
-    for (int k = 0; k < kVectors; ++k) {
-      acc = _mm512_dpbusd_epi32(acc, w[k], _mm512_load_si512(rec + 64 * k));
-    }
-    return acc;
+HWY_INLINE __m512i ChunkDotI8(const __m512i (&w)[4], const uint8_t* rec) {
+  __m512i hi = _mm512_setzero_si512();
+  __m512i lo = _mm512_load_si512(rec + 2 * kI8PlaneBytes);
+  for (int k = 0; k < 4; ++k) {
+    hi = _mm512_dpbusd_epi32(hi, w[k], _mm512_load_si512(rec + 64 * k));
+    lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_load_si512(rec + kI8PlaneBytes + 64 * k));
   }
+  return _mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo);
 }
 
-template <bool kInt4>
-HWY_INLINE __m512 RecordScale(const uint8_t* rec) {
-  return _mm512_load_ps(rec + Planes<kInt4>() * PlaneBytes<kInt4>() + 64);
+HWY_INLINE __m512 RecordScaleI8(const uint8_t* rec) {
+  return _mm512_load_ps(rec + 2 * kI8PlaneBytes + 64);
 }
 
 // The first n lanes of 16 (n may be out of [0, 16]).
@@ -193,55 +188,29 @@ HWY_INLINE __m512i PickEvery4th(const __m512i (&m)[4]) {
   return _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0));
 }
 
-// Lane j of the result = m[j / 2][8 * (j % 2)].
-HWY_INLINE __m512i PickEvery8th(const __m512i (&m)[8]) {
-  const __m512i idx = _mm512_set_epi32(24, 16, 8, 0, 24, 16, 8, 0, 24, 16, 8, 0, 24, 16, 8, 0);
-  __m512i a[4];
-  for (int n = 0; n < 4; ++n) {
-    a[n] = _mm512_permutex2var_epi32(m[2 * n], idx, m[2 * n + 1]);
-  }
-  // a[n] lanes 0..3 hold results 4n .. 4n + 3.
-  const __m512i lo = _mm512_shuffle_i32x4(a[0], a[1], _MM_SHUFFLE(0, 0, 0, 0));  // 0..3, 4..7
-  const __m512i hi = _mm512_shuffle_i32x4(a[2], a[3], _MM_SHUFFLE(0, 0, 0, 0));
-  return _mm512_shuffle_i32x4(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-}
-
-// Every lane of each 128-bit group (kWidth 4) or 256-bit half (kWidth 8)
-// becomes the group's maximum.
-template <int kWidth>
-HWY_INLINE __m512 GroupMax(__m512 v) {
+// Every lane of each 128-bit group becomes the group's maximum.
+HWY_INLINE __m512 GroupMax4(__m512 v) {
   v = _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
-  v = _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
-  if constexpr (kWidth == 8)
-    v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  return v;
+  return _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
 }
 
-template <int kWidth>
-HWY_INLINE __m512i GroupSum(__m512i v) {
+// Every lane of each 128-bit group becomes the group's sum.
+HWY_INLINE __m512i GroupSum4(__m512i v) {
   v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
-  v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
-  if constexpr (kWidth == 8)
-    v = _mm512_add_epi32(v, _mm512_shuffle_i32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  return v;
+  return _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
 }
 
-// Quantizes q = round(v * inv) of kN vectors; planes[p][m] is plane p (high,
-// then low) of vector m.
-template <int kPlanes, int kN>
+// Quantizes q = round(v * inv) of kN vectors into two planes, q = 256 * hi +
+// lo: planes[0][m] (hi) and planes[1][m] (lo, in [-128, 127]) of vector m.
+template <int kN>
 HWY_INLINE void SplitPlanes(const __m512 (&v)[kN], const __m512 (&inv)[kN], __m512i (&q16)[kN],
-                            __m512i (&planes)[kPlanes][kN]) {
+                            __m512i (&planes)[2][kN]) {
   for (int m = 0; m < kN; ++m) {
     const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[m], inv[m]));
     q16[m] = q;
-    if constexpr (kPlanes == 2) {
-      // q = 256 * hi + lo with lo in [-128, 127].
-      const __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(128)), 8);
-      planes[0][m] = hi;
-      planes[1][m] = _mm512_sub_epi32(q, _mm512_slli_epi32(hi, 8));
-    } else {
-      planes[0][m] = q;
-    }
+    const __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(128)), 8);
+    planes[0][m] = hi;
+    planes[1][m] = _mm512_sub_epi32(q, _mm512_slli_epi32(hi, 8));
   }
 }
 
@@ -249,16 +218,15 @@ HWY_INLINE void SplitPlanes(const __m512 (&v)[kN], const __m512 (&inv)[kN], __m5
 // (its contribution is far below f32 resolution; avoids an infinite inverse).
 constexpr float kTinyBlock = 1e-30f;
 
-template <bool kInt4>
-HWY_INLINE __m512 InverseStep(__m512 amax) {
+// qmax / amax and amax / qmax per lane, 0 for blocks below kTinyBlock.
+HWY_INLINE __m512 InverseStep(__m512 amax, float qmax) {
   const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(kTinyBlock), _CMP_GE_OQ);
-  return _mm512_maskz_div_ps(live, _mm512_set1_ps(QMax<kInt4>()), amax);
+  return _mm512_maskz_div_ps(live, _mm512_set1_ps(qmax), amax);
 }
 
-template <bool kInt4>
-HWY_INLINE __m512 Step(__m512 amax) {
+HWY_INLINE __m512 Step(__m512 amax, float qmax) {
   const __mmask16 live = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(kTinyBlock), _CMP_GE_OQ);
-  return _mm512_maskz_div_ps(live, amax, _mm512_set1_ps(QMax<kInt4>()));
+  return _mm512_maskz_div_ps(live, amax, _mm512_set1_ps(qmax));
 }
 
 // One int8-weight chunk: x[0, n) of the chunk's 256 inputs (zero past n).
@@ -272,16 +240,15 @@ HWY_INLINE void QuantizeChunkI8(const float* x, int64_t n, uint8_t* rec) {
   for (int q = 0; q < 4; ++q) {
     __m512 a = _mm512_abs_ps(v[q]);
     for (int k = 1; k < 4; ++k) a = _mm512_max_ps(a, _mm512_abs_ps(v[4 * k + q]));
-    amax[q] = GroupMax<4>(a);
+    amax[q] = GroupMax4(a);
     amax_bits[q] = _mm512_castps_si512(amax[q]);
   }
-  constexpr int kPlanes = Planes<false>();
-  for (int m = 0; m < 16; ++m) inv[m] = InverseStep<false>(amax[m % 4]);
-  __m512i q16[16], planes[kPlanes][16];
-  SplitPlanes<kPlanes, 16>(v, inv, q16, planes);
-  for (int p = 0; p < kPlanes; ++p) {
+  for (int m = 0; m < 16; ++m) inv[m] = InverseStep(amax[m % 4], kI8QMax);
+  __m512i q16[16], planes[2][16];
+  SplitPlanes<16>(v, inv, q16, planes);
+  for (int p = 0; p < 2; ++p) {
     for (int m = 0; m < 16; ++m) {
-      _mm_store_si128(reinterpret_cast<__m128i*>(rec + p * PlaneBytes<false>() + 16 * m),
+      _mm_store_si128(reinterpret_cast<__m128i*>(rec + p * kI8PlaneBytes + 16 * m),
                       _mm512_cvtepi32_epi8(planes[p][m]));
     }
   }
@@ -289,50 +256,41 @@ HWY_INLINE void QuantizeChunkI8(const float* x, int64_t n, uint8_t* rec) {
   for (int q = 0; q < 4; ++q) {
     __m512i sum = q16[q];
     for (int k = 1; k < 4; ++k) sum = _mm512_add_epi32(sum, q16[4 * k + q]);
-    sums[q] = GroupSum<4>(sum);
+    sums[q] = GroupSum4(sum);
   }
-  _mm512_store_si512(rec + kPlanes * PlaneBytes<false>(),
+  _mm512_store_si512(rec + 2 * kI8PlaneBytes,
                      _mm512_mullo_epi32(PickEvery4th(sums), _mm512_set1_epi32(-128)));
-  _mm512_store_ps(rec + kPlanes * PlaneBytes<false>() + 64,
-                  Step<false>(_mm512_castsi512_ps(PickEvery4th(amax_bits))));
+  _mm512_store_ps(rec + 2 * kI8PlaneBytes + 64,
+                  Step(_mm512_castsi512_ps(PickEvery4th(amax_bits)), kI8QMax));
 }
 
-// One int4-weight chunk: x[0, n) of the chunk's 128 inputs (zero past n).
-HWY_INLINE void QuantizeChunkI4(const float* x, int64_t n, uint8_t* rec) {
-  __m512 v[8], amax[8];
-  __m512i amax_bits[8];
-  for (int m = 0; m < 8; ++m) {
-    v[m] = _mm512_maskz_loadu_ps(FirstFloats(n - 16 * m), x + 16 * m);
-    amax[m] = GroupMax<8>(_mm512_abs_ps(v[m]));  // blocks 2m, 2m + 1: the two halves
-    amax_bits[m] = _mm512_castps_si512(amax[m]);
+// One int4-weight chunk: x[0, n) of the chunk's 128 inputs (zero past n)
+// into its plane and the steps of its 4 blocks, and block_bias[b] = -128 *
+// (sum of block b's q) * step / 16 (see QuantizedX).
+HWY_INLINE void QuantizeChunkI4(const float* x, int64_t n, uint8_t* plane, float* steps,
+                                float (&block_bias)[4]) {
+  __m512 v[8];
+  for (int m = 0; m < 8; ++m) v[m] = _mm512_maskz_loadu_ps(FirstFloats(n - 16 * m), x + 16 * m);
+  __m512i q[8];
+  for (int b = 0; b < 4; ++b) {  // block b: vectors 2b and 2b + 1
+    const float amax = _mm512_reduce_max_ps(
+        _mm512_max_ps(_mm512_abs_ps(v[2 * b]), _mm512_abs_ps(v[2 * b + 1])));
+    const __m512 inv = InverseStep(_mm512_set1_ps(amax), kI4QMax);
+    q[2 * b] = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * b], inv));
+    q[2 * b + 1] = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * b + 1], inv));
+    const float step = amax >= kTinyBlock ? amax / kI4QMax : 0.0f;
+    const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[2 * b], q[2 * b + 1]));
+    steps[b] = step * (1.0f / 16);
+    block_bias[b] = static_cast<float>(-128 * sum) * (step * (1.0f / 16));
   }
-  __m512 inv[8];
-  constexpr int kPlanes = Planes<true>();
-  for (int m = 0; m < 8; ++m) inv[m] = InverseStep<true>(amax[m]);
-  __m512i q16[8], planes[kPlanes][8];
-  SplitPlanes<kPlanes, 8>(v, inv, q16, planes);
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  for (int p = 0; p < kPlanes; ++p) {
-    uint8_t* plane = rec + p * PlaneBytes<true>();
-    for (int m = 0; m < 8; m += 2) {
-      _mm_store_si128(
-          reinterpret_cast<__m128i*>(plane + 8 * m),
-          _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(planes[p][m], even, planes[p][m + 1])));
-      _mm_store_si128(
-          reinterpret_cast<__m128i*>(plane + 64 + 8 * m),
-          _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(planes[p][m], odd, planes[p][m + 1])));
-    }
+  for (int m = 0; m < 8; m += 2) {
+    _mm_store_si128(reinterpret_cast<__m128i*>(plane + 8 * m),
+                    _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q[m], even, q[m + 1])));
+    _mm_store_si128(reinterpret_cast<__m128i*>(plane + 64 + 8 * m),
+                    _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q[m], odd, q[m + 1])));
   }
-  __m512i sums[8];
-  for (int m = 0; m < 8; ++m) sums[m] = GroupSum<8>(q16[m]);
-  // The weights arrive as 16 (q + 8) (StepI4): the bias to cancel is
-  // 128 * sum(q), and the step carries the 1 / 16.
-  _mm512_store_si512(rec + kPlanes * PlaneBytes<true>(),
-                     _mm512_mullo_epi32(PickEvery8th(sums), _mm512_set1_epi32(-128)));
-  _mm512_store_ps(rec + kPlanes * PlaneBytes<true>() + 64,
-                  _mm512_mul_ps(Step<true>(_mm512_castsi512_ps(PickEvery8th(amax_bits))),
-                                _mm512_set1_ps(1.0f / 16)));
 }
 
 // One token x [cols] into one record per block of kRowBlockInputs (see
@@ -348,7 +306,7 @@ HWY_NOINLINE void QuantizeRowBlocksI8(const float* x, int64_t cols, uint8_t* out
       amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
     }
     const __m512 block_max = _mm512_set1_ps(_mm512_reduce_max_ps(amax));
-    const __m512 inv = InverseStep<false>(block_max);
+    const __m512 inv = InverseStep(block_max, kI8QMax);
     // Sums of each plane by m % 4: vector m's value e is multiplied in lane
     // 4 (m % 4) + e / 4 of vpdpbusd.
     __m512i sums[2][4];
@@ -359,7 +317,7 @@ HWY_NOINLINE void QuantizeRowBlocksI8(const float* x, int64_t cols, uint8_t* out
       const __m512 v[1] = {_mm512_maskz_loadu_ps(FirstFloats(n - 16 * m), x + b0 + 16 * m)};
       const __m512 invs[1] = {inv};
       __m512i q16[1], planes[2][1];
-      SplitPlanes<2, 1>(v, invs, q16, planes);
+      SplitPlanes<1>(v, invs, q16, planes);
       _mm_store_si128(reinterpret_cast<__m128i*>(out + 16 * m), _mm512_cvtepi32_epi8(planes[0][0]));
       _mm_store_si128(reinterpret_cast<__m128i*>(out + kRowBlockInputs + 16 * m),
                       _mm512_cvtepi32_epi8(planes[1][0]));
@@ -368,28 +326,42 @@ HWY_NOINLINE void QuantizeRowBlocksI8(const float* x, int64_t cols, uint8_t* out
     uint8_t* tail = out + 2 * kRowBlockInputs;
     for (int p = 0; p < 2; ++p) {
       __m512i lane_sums[4];
-      for (int q = 0; q < 4; ++q) lane_sums[q] = GroupSum<4>(sums[p][q]);
+      for (int q = 0; q < 4; ++q) lane_sums[q] = GroupSum4(sums[p][q]);
       _mm512_store_si512(tail + 64 * p,
                          _mm512_mullo_epi32(PickEvery4th(lane_sums), _mm512_set1_epi32(-128)));
     }
-    _mm512_store_ps(tail + 128, Step<false>(block_max));
+    _mm512_store_ps(tail + 128, Step(block_max, kI8QMax));
   }
 }
 
-// Quantizes x [T, cols] into records [T, chunks].
+// Quantizes x [T, cols] into records [T, chunks] (int8 weights) or one
+// record per token of qx.record_bytes (int4 weights of group_size).
 template <bool kInt4>
 HWY_NOINLINE void QuantizeActivations(const float* x, int64_t T, int64_t cols, int64_t chunks,
-                                      uint8_t* out) {
-  constexpr int64_t kInputs = ChunkInputs<kInt4>();
+                                      int group_size, int64_t record_bytes, uint8_t* out) {
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* xc = x + t * cols + c * kInputs;
-      uint8_t* rec = out + (t * chunks + c) * RecordBytes<kInt4>();
-      const int64_t n = std::min(kInputs, cols - c * kInputs);
-      if constexpr (kInt4) {
-        QuantizeChunkI4(xc, n, rec);
-      } else {
-        QuantizeChunkI8(xc, n, rec);
+    const float* xt = x + t * cols;
+    if constexpr (kInt4) {
+      uint8_t* planes = out + t * record_bytes;
+      float* steps = reinterpret_cast<float*>(planes + chunks * kI4ChunkInputs);
+      float* group_bias = steps + chunks * 4;
+      const int64_t num_groups = Int4NumGroups(cols, group_size);
+      std::fill(group_bias, group_bias + (num_groups + 15) / 16 * 16, 0.0f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t c0 = c * kI4ChunkInputs;
+        float block_bias[4];
+        QuantizeChunkI4(xt + c0, std::min(kI4ChunkInputs, cols - c0), planes + c0, steps + 4 * c,
+                        block_bias);
+        for (int64_t b = 0; b < 4 && c0 + b * kI4BlockInputs < cols; ++b) {
+          group_bias[(c0 + b * kI4BlockInputs) / group_size] += block_bias[b];
+        }
+      }
+    } else {
+      (void)group_size;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t c0 = c * kI8ChunkInputs;
+        QuantizeChunkI8(xt + c0, std::min(kI8ChunkInputs, cols - c0),
+                        out + (t * chunks + c) * record_bytes);
       }
     }
   }
@@ -414,8 +386,8 @@ HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols
       wv[k] = _mm512_xor_si512(wv[k], flip);
     }
     for (int t = 0; t < TT; ++t) {
-      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<false>(wv, recs[t])),
-                                  RecordScale<false>(recs[t]), acc[r][t]);
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDotI8(wv, recs[t])),
+                                  RecordScaleI8(recs[t]), acc[r][t]);
     }
   }
 }
@@ -455,12 +427,12 @@ HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX
   for (; c + kChains <= full; c += kChains) {
     for (int u = 0; u < kChains; ++u) {
       StepI8<R, TT, false>(rows, (c + u) * 256, cols, recs, acc[u]);
-      for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<false>();
+      for (int t = 0; t < TT; ++t) recs[t] += kI8RecordBytes;
     }
   }
   for (; c < full; ++c) {
     StepI8<R, TT, false>(rows, c * 256, cols, recs, acc[0]);
-    for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<false>();
+    for (int t = 0; t < TT; ++t) recs[t] += kI8RecordBytes;
   }
   if (full < qx.chunks) StepI8<R, TT, true>(rows, full * 256, cols, recs, acc[0]);
   SumSets(acc, out);
@@ -550,52 +522,58 @@ HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const u
   }
 }
 
-// Group scales of the 16 lanes of int4 chunk c (lane j: inputs 128c + 8j ..
-// + 7) of a row; kGroup 0 means another multiple of 128. kMasked: the chunk is the
-// last, partial one (fewer groups may remain).
+// The weight scales of the 4 activation blocks (32 inputs each) of int4
+// chunk c of a row; kGroup 0 means another multiple of 128. kMasked: the
+// chunk is the last, partial one (fewer groups may remain).
 template <int kGroup, bool kMasked>
-HWY_INLINE __m512 LaneScales(const float* scales, int64_t num_groups, int64_t c, int group_size) {
+HWY_INLINE __m128 BlockScales(const float* scales, int64_t num_groups, int64_t c, int group_size) {
   if constexpr (kGroup == 32 || kGroup == 64) {
     constexpr int kPerChunk = 128 / kGroup;
     const int64_t g0 = c * kPerChunk;
-    __m128 s;
-    if constexpr (kMasked) {
-      const __mmask8 m =
-          static_cast<__mmask8>((1u << std::clamp<int64_t>(num_groups - g0, 0, kPerChunk)) - 1);
-      s = _mm_maskz_loadu_ps(m, scales + g0);
-    } else if constexpr (kGroup == 32) {
-      s = _mm_loadu_ps(scales + g0);
-    } else {
-      s = _mm_maskz_loadu_ps(0x3, scales + g0);  // the two scales of this 64-wide chunk
-    }
-    const __m512i idx = kGroup == 32
-                            ? _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0)
-                            : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+    const int64_t left = kMasked ? std::clamp<int64_t>(num_groups - g0, 0, kPerChunk) : kPerChunk;
+    const __m128 s = _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << left) - 1), scales + g0);
+    if constexpr (kGroup == 32) return s;
+    return _mm_permute_ps(s, _MM_SHUFFLE(1, 1, 0, 0));
   } else if constexpr (kGroup == 128) {
     (void)num_groups;
     (void)group_size;
-    return _mm512_set1_ps(scales[c]);
+    return _mm_set1_ps(scales[c]);
   } else {
     (void)num_groups;
-    return _mm512_set1_ps(scales[c * 128 / group_size]);
+    return _mm_set1_ps(scales[c * 128 / group_size]);
   }
 }
 
 // vpternlogd's truth table of (a & b) ^ c.
 constexpr int kAndXor = (0xF0 & 0xCC) ^ 0xAA;
 
-// One chunk (128 inputs, 64 bytes) of R int4 rows against TT tokens.
+// Lane j of the result = lane j / 4 of s (the block that lane j multiplies).
+HWY_INLINE __m512 PerLane(__m128 s) {
+  const __m512i block_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  return _mm512_permutexvar_ps(block_of_lane, _mm512_castps128_ps512(s));
+}
+
+// One chunk (128 inputs, 64 bytes) of R int4 rows against TT tokens, whose
+// planes and steps start at this chunk's. The loads bound this loop, not its
+// 9 vector operations (Zen 4 takes one 64-byte load per cycle): a chunk
+// loads its 64 weight bytes once, each token's two activation vectors, and
+// 16 bytes each of weight and activation scales.
 template <int kGroup, int R, int TT, bool kMasked>
 HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&scales)[R], int64_t c,
                        int64_t row_bytes, int64_t num_groups, int group_size,
-                       const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
+                       const uint8_t* const (&planes)[TT], const float* const (&steps)[TT],
+                       __m512 (&acc)[R][TT]) {
   const __m512i high_half = _mm512_set1_epi8(static_cast<char>(0xF0));
   const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
   const int64_t prefetch = PrefetchDistance(R, row_bytes);
   const int64_t b0 = c * 64;
+  // Several rows or tokens spread each scale vector to the lanes once;
+  // one row against one token multiplies the two 4-block vectors first.
+  constexpr bool kSpread = R * TT > 1;
   __m512 xs[TT];
-  for (int t = 0; t < TT; ++t) xs[t] = RecordScale<true>(recs[t]);
+  if constexpr (kSpread) {
+    for (int t = 0; t < TT; ++t) xs[t] = PerLane(_mm_load_ps(steps[t]));
+  }
   for (int r = 0; r < R; ++r) {
     __m512i bytes;
     if constexpr (kMasked) {
@@ -616,10 +594,9 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
       }
       bytes = _mm512_loadu_si512(rows[r] + b0);
       // One load into a register for both unpacking ops below: GCC folds
-      // the load into each of them instead, and a decode step's int4 chunk
-      // is bound by loads (Zen 4 takes one 64-byte load per cycle), not by
-      // its 9 vector operations. Llama-3.2-1B int4 decode matrices, 8
-      // alternated rounds at 2 threads: 1.06-1.26x faster (median 1.13x).
+      // the load into each of them instead. Llama-3.2-1B int4 decode
+      // matrices, 8 alternated rounds at 2 threads: 1.06-1.26x faster
+      // (median 1.13x).
       asm("" : "+v"(bytes));
     }
     // Each nibble q becomes the unsigned byte 16 (q + 8): the nibble moved
@@ -628,15 +605,32 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
     // low half cleared; one ternary-logic op each. Shifts and logic ops run
     // beside the dot products, where the GF(2) affine unpack competed with
     // them (Zen 4: a chunk in about 4.8 cycles instead of 6.4).
-    const __m512i wv[2] = {
-        _mm512_ternarylogic_epi32(_mm512_slli_epi16(bytes, 4), high_half, sign, kAndXor),
-        _mm512_ternarylogic_epi32(bytes, high_half, sign, kAndXor)};
-    const __m512 ws = LaneScales<kGroup, kMasked>(scales[r], num_groups, c, group_size);
+    const __m512i low = _mm512_ternarylogic_epi32(_mm512_slli_epi16(bytes, 4), high_half, sign, kAndXor);
+    const __m512i high = _mm512_ternarylogic_epi32(bytes, high_half, sign, kAndXor);
+    const __m128 ws = BlockScales<kGroup, kMasked>(scales[r], num_groups, c, group_size);
+    __m512 ws16;
+    if constexpr (kSpread) ws16 = PerLane(ws);
     for (int t = 0; t < TT; ++t) {
-      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDot<true>(wv, recs[t])),
-                                  _mm512_mul_ps(ws, xs[t]), acc[r][t]);
+      // The products 16 (q + 8) * q_x, exact in int32; AddGroupBias takes
+      // the 8 * 16 * q_x back out.
+      __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_load_si512(planes[t]));
+      dot = _mm512_dpbusd_epi32(dot, high, _mm512_load_si512(planes[t] + 64));
+      const __m512 scale =
+          kSpread ? _mm512_mul_ps(ws16, xs[t]) : PerLane(_mm_mul_ps(ws, _mm_load_ps(steps[t])));
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][t]);
     }
   }
+}
+
+// acc + the lanes of sum over the row's groups g of scales[g] * bias[g]:
+// the part of the row's result that cancels the weights' bias (QuantizedX).
+HWY_INLINE __m512 AddGroupBias(const float* scales, const float* bias, int64_t num_groups,
+                               __m512 acc) {
+  for (int64_t g = 0; g < num_groups; g += 16) {
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(FirstFloats(num_groups - g), scales + g),
+                          _mm512_loadu_ps(bias + g), acc);
+  }
+  return acc;
 }
 
 // As AccumulateI8 for int4 weights, scales included. A chunk is one FMA per
@@ -658,8 +652,18 @@ HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX
     rows[r] = static_cast<const uint8_t*>(w.data) + (r0 + r) * row_bytes;
     scales[r] = w.scales + (r0 + r) * num_groups;
   }
-  const uint8_t* recs[TT];
-  for (int t = 0; t < TT; ++t) recs[t] = qx.Record(t0 + t, 0);
+  const uint8_t* planes[TT];
+  const float* steps[TT];
+  for (int t = 0; t < TT; ++t) {
+    planes[t] = qx.Planes(t0 + t);
+    steps[t] = qx.Steps(t0 + t);
+  }
+  auto next = [&] {
+    for (int t = 0; t < TT; ++t) {
+      planes[t] += kI4ChunkInputs;
+      steps[t] += 4;
+    }
+  };
   __m512 acc[kChains][R][TT];
   for (int u = 0; u < kChains; ++u)
     for (int r = 0; r < R; ++r)
@@ -667,19 +671,28 @@ HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX
   const int64_t full = row_bytes / 64;
   int64_t c = 0;
   for (; c + kChains <= full; c += kChains) {
+    // Unrolled, so each set of accumulators stays in its registers.
+#pragma GCC unroll 8
     for (int u = 0; u < kChains; ++u) {
-      StepI4<kGroup, R, TT, false>(rows, scales, c + u, row_bytes, num_groups, g, recs, acc[u]);
-      for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<true>();
+      StepI4<kGroup, R, TT, false>(rows, scales, c + u, row_bytes, num_groups, g, planes, steps,
+                                   acc[u]);
+      next();
     }
   }
   for (; c < full; ++c) {
-    StepI4<kGroup, R, TT, false>(rows, scales, c, row_bytes, num_groups, g, recs, acc[0]);
-    for (int t = 0; t < TT; ++t) recs[t] += RecordBytes<true>();
+    StepI4<kGroup, R, TT, false>(rows, scales, c, row_bytes, num_groups, g, planes, steps, acc[0]);
+    next();
   }
   if (full < qx.chunks) {
-    StepI4<kGroup, R, TT, true>(rows, scales, full, row_bytes, num_groups, g, recs, acc[0]);
+    StepI4<kGroup, R, TT, true>(rows, scales, full, row_bytes, num_groups, g, planes, steps,
+                                acc[0]);
   }
   SumSets(acc, out);
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < TT; ++t) {
+      out[r][t] = AddGroupBias(scales[r], qx.GroupBias(t0 + t), num_groups, out[r][t]);
+    }
+  }
 }
 
 template <bool kInt4, int kGroup, int R, int TT>
@@ -857,15 +870,19 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T,
     qx.data = records;
     return RunTiles<false, 0>(pool, qx, T, products);
   }
-  qx.chunks = (w.cols + ChunkInputs<kInt4>() - 1) / ChunkInputs<kInt4>();
-  qx.record_bytes = RecordBytes<kInt4>();
-  uint8_t* records = Scratch(static_cast<size_t>(T * qx.chunks * qx.record_bytes));
+  constexpr int64_t kChunkInputs = kInt4 ? kI4ChunkInputs : kI8ChunkInputs;
+  qx.chunks = (w.cols + kChunkInputs - 1) / kChunkInputs;
+  qx.record_bytes =
+      kInt4 ? I4RecordBytes(qx.chunks, Int4NumGroups(w.cols, w.group_size)) : kI8RecordBytes;
+  // Bytes of one token's records.
+  const int64_t token_bytes = kInt4 ? qx.record_bytes : qx.chunks * qx.record_bytes;
+  uint8_t* records = Scratch(static_cast<size_t>(T * token_bytes));
   if (T < kTokenBlock) {  // a few tokens: not worth a hand-off to the pool
-    QuantizeActivations<kInt4>(x, T, w.cols, qx.chunks, records);
+    QuantizeActivations<kInt4>(x, T, w.cols, qx.chunks, w.group_size, qx.record_bytes, records);
   } else {
     pool.ParallelFor(T, [&](int64_t t0, int64_t t1) {
-      QuantizeActivations<kInt4>(x + t0 * w.cols, t1 - t0, w.cols, qx.chunks,
-                                 records + t0 * qx.chunks * qx.record_bytes);
+      QuantizeActivations<kInt4>(x + t0 * w.cols, t1 - t0, w.cols, qx.chunks, w.group_size,
+                                 qx.record_bytes, records + t0 * token_bytes);
     });
   }
   qx.data = records;

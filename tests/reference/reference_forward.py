@@ -178,11 +178,12 @@ def rope(x, positions, inv_freq):
 def rounded_as_int4_decode(h):
     """h [T, cols] rounded as tandem's int4 decode path rounds activations on
     AVX-512 VNNI CPUs (its documented numerics, kernels/cpu/matmul.h): in f32,
-    per block of 8 inputs from the start of each row, q = round_to_even(x *
+    per block of 32 inputs from the start of each row, q = round_to_even(x *
     (127 / m)) and value q * (m / 127), m = the block's largest |x| (a block
     with m < 1e-30 becomes 0)."""
     T, cols = h.shape
-    x = np.pad(h.astype(np.float32), ((0, 0), (0, (-cols) % 8))).reshape(T, -1, 8)
+    block = 32
+    x = np.pad(h.astype(np.float32), ((0, 0), (0, (-cols) % block))).reshape(T, -1, block)
     m = np.abs(x).max(axis=2, keepdims=True)
     live = m >= np.float32(1e-30)
     safe = np.where(live, m, np.float32(1))
