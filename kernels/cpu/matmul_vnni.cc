@@ -123,7 +123,8 @@ uint8_t* Scratch(size_t bytes) {
 }
 
 // How far ahead of its current position each streamed row is prefetched (at
-// least), into L2 (prefetch.h). When DRAM gives 45-55 GB/s to 2 AVX-512
+// least), into L2 (prefetch.h), except by int8's one-token loop
+// (kOneTokenPrefetchBytesI8). When DRAM gives 45-55 GB/s to 2 AVX-512
 // cores, the int8 and int4 matrices of a Llama-3.2-1B decode step stream at
 // 0.84 and 0.82 of the bandwidth probe with 8 KiB, 0.71 with 4 KiB, and no
 // better with 12 or 16 KiB (the lines in flight must cover DRAM latency at
@@ -440,13 +441,22 @@ HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX
   SumSets(acc, out);
 }
 
-// One chunk (256 inputs) of R int8 rows against one token's block record:
-// each 64-byte column k of the chunk goes to accumulator pair k % kPairs of
-// its row, and each activation vector is loaded once for all R rows.
-// kMasked: the row's last, partial chunk (n inputs left; the record is 0
-// past them).
+// How far ahead of its current position each int8 row that one token
+// streams (ChunkI8) is prefetched into L2: within the row, and past its end
+// to the same place in the row R further on, the next group's row r (rows
+// r + 1 .. R - 1 stream already). One group of rows ahead (16 KiB for rows of
+// 2 KiB), as the tiles for several tokens prefetch, streamed Llama-3.2-1B
+// int8 decode matrices 1.11x slower on one core and 1.11-1.16x slower on two
+// (in-process A/B); 384 B and 1 KiB lost 3-7% against 512 B.
+constexpr int64_t kOneTokenPrefetchBytesI8 = 512;
+
+// One chunk (256 inputs) of R int8 rows of `cols` weights against one
+// token's block record: each 64-byte column k of the chunk goes to
+// accumulator pair k % kPairs of its row, and each activation vector is
+// loaded once for all R rows. kMasked: the row's last, partial chunk (n
+// inputs left; the record is 0 past them).
 template <int R, int kPairs, bool kMasked>
-HWY_INLINE void ChunkI8(const uint8_t* const (&rows)[R], int64_t at, int64_t n, int64_t prefetch,
+HWY_INLINE void ChunkI8(const uint8_t* const (&rows)[R], int64_t at, int64_t n, int64_t cols,
                         const uint8_t* rec, __m512i (&hi)[R][kPairs], __m512i (&lo)[R][kPairs]) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int k = 0; k < 4; ++k) {
@@ -457,7 +467,8 @@ HWY_INLINE void ChunkI8(const uint8_t* const (&rows)[R], int64_t at, int64_t n, 
       if constexpr (kMasked) {
         wv = _mm512_maskz_loadu_epi8(FirstBytes(n - 64 * k), rows[r] + at + 64 * k);
       } else {
-        PrefetchToL2(rows[r] + at + 64 * k + prefetch);
+        const int64_t ahead = at + 64 * k + kOneTokenPrefetchBytesI8;
+        PrefetchToL2(rows[r] + (ahead < cols ? ahead : ahead + (R - 1) * cols));
         wv = _mm512_loadu_si512(rows[r] + at + 64 * k);
       }
       wv = _mm512_xor_si512(wv, flip);
@@ -485,7 +496,6 @@ HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const u
   // not fit the 32 vector registers.
   static_assert(R == 1 || R == kOneTokenRowsI8, "RowsOneToken's row counts");
   constexpr int kPairs = R == 1 ? 4 : 1;
-  const int64_t prefetch = PrefetchDistance(R, cols);
   for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < cols; b0 += kRowBlockInputs, rec += kRowBlockRecordBytes) {
     const int64_t n = std::min(kRowBlockInputs, cols - b0);
@@ -505,9 +515,9 @@ HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const u
     }
     int64_t c = 0;
     for (; c + 256 <= n; c += 256) {
-      ChunkI8<R, kPairs, false>(rows, b0 + c, 256, prefetch, rec + c, hi, lo);
+      ChunkI8<R, kPairs, false>(rows, b0 + c, 256, cols, rec + c, hi, lo);
     }
-    if (c < n) ChunkI8<R, kPairs, true>(rows, b0 + c, n - c, prefetch, rec + c, hi, lo);
+    if (c < n) ChunkI8<R, kPairs, true>(rows, b0 + c, n - c, cols, rec + c, hi, lo);
     // Each lane holds the exact sum of its 128 products w * q per plane
     // (below 2^21 in magnitude), so the conversions to f32 are exact too.
     const __m512 step = _mm512_load_ps(rec + 2 * kRowBlockInputs + 128);
