@@ -654,13 +654,15 @@ HWY_INLINE __m512 AddGroupBias(const float* scales, const float* bias, int64_t n
 // As AccumulateI8 for int4 weights, scales included. A chunk is one FMA per
 // accumulator, so small tiles rotate several sets of accumulators: each
 // chunk's latency (two dot products, a conversion and the FMA) then overlaps
-// the next ones'. One row against one token takes 8 (whole decode steps at
-// 0.91-0.96 of the bandwidth probe and 36 tokens/s on Llama-3.2-1B shapes,
-// against 0.44-0.70 and 24-28 tokens/s with 2 or 4 sets).
+// the next ones'. One row against one token takes 4: against 8, Llama-3.2-1B
+// int4 decode matrices streamed 1.05-1.08x faster on one core and 1.04x on
+// two (in-process A/B; a row of 2048 inputs is only 16 chunks, so summing the
+// sets counts); 2 sets gave 1.04-1.05x. (An earlier form of this loop, with
+// twice the loads per chunk, had been fastest with 8.)
 template <int kGroup, int R, int TT>
 HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
                              __m512 (&out)[R][TT]) {
-  constexpr int kChains = R * TT == 1 ? 8 : (R * TT <= 4 ? 2 : 1);
+  constexpr int kChains = R * TT == 1 ? 4 : (R * TT <= 4 ? 2 : 1);
   const int64_t row_bytes = Int4RowBytes(w.cols);
   const int64_t num_groups = Int4NumGroups(w.cols, w.group_size);
   const int g = w.group_size;
