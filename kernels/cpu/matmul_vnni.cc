@@ -640,15 +640,21 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
   }
 }
 
-// acc + the lanes of sum over the row's groups g of scales[g] * bias[g]:
-// the part of the row's result that cancels the weights' bias (QuantizedX).
-HWY_INLINE __m512 AddGroupBias(const float* scales, const float* bias, int64_t num_groups,
-                               __m512 acc) {
+// out[r][t] += the lanes of the sum over the rows' groups g of
+// scales[r][g] * bias[t][g]: the part of each result that cancels the
+// weights' bias (QuantizedX). Each 16 groups' scales and biases are loaded
+// once for all R * TT products.
+template <int R, int TT>
+HWY_INLINE void AddGroupBias(const float* const (&scales)[R], const float* const (&bias)[TT],
+                             int64_t num_groups, __m512 (&out)[R][TT]) {
   for (int64_t g = 0; g < num_groups; g += 16) {
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(FirstFloats(num_groups - g), scales + g),
-                          _mm512_loadu_ps(bias + g), acc);
+    __m512 b[TT];
+    for (int t = 0; t < TT; ++t) b[t] = _mm512_loadu_ps(bias[t] + g);
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_maskz_loadu_ps(FirstFloats(num_groups - g), scales[r] + g);
+      for (int t = 0; t < TT; ++t) out[r][t] = _mm512_fmadd_ps(s, b[t], out[r][t]);
+    }
   }
-  return acc;
 }
 
 // As AccumulateI8 for int4 weights, scales included. A chunk is one FMA per
@@ -708,11 +714,9 @@ HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX
                                 acc[0]);
   }
   SumSets(acc, out);
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < TT; ++t) {
-      out[r][t] = AddGroupBias(scales[r], qx.GroupBias(t0 + t), num_groups, out[r][t]);
-    }
-  }
+  const float* bias[TT];
+  for (int t = 0; t < TT; ++t) bias[t] = qx.GroupBias(t0 + t);
+  AddGroupBias(scales, bias, num_groups, out);
 }
 
 template <bool kInt4, int kGroup, int R, int TT>
