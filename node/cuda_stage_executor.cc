@@ -196,7 +196,8 @@ StatusOr<std::unique_ptr<CudaStageExecutor>> CudaStageExecutor::Create(
         if (slot.matrix != nullptr) {
           cpu::WeightMatrix& m = *slot.matrix;
           m.data = upload(m.data, cpu::WeightDataBytes(m));
-          m.scales = static_cast<const float*>(upload(m.scales, cpu::WeightScaleCount(m) * sizeof(float)));
+          m.scales =
+              static_cast<const float*>(upload(m.scales, cpu::WeightScaleCount(m) * sizeof(float)));
         } else if (slot.vector != nullptr) {
           // slot.rows is the checkpoint's length; a split vector (a bias of
           // column-parallel rows) holds this rank's part of it.

@@ -274,8 +274,8 @@ HWY_INLINE void QuantizeChunkI4(const float* x, int64_t n, uint8_t* plane, float
   for (int m = 0; m < 8; ++m) v[m] = _mm512_maskz_loadu_ps(FirstFloats(n - 16 * m), x + 16 * m);
   __m512i q[8];
   for (int b = 0; b < 4; ++b) {  // block b: vectors 2b and 2b + 1
-    const float amax = _mm512_reduce_max_ps(
-        _mm512_max_ps(_mm512_abs_ps(v[2 * b]), _mm512_abs_ps(v[2 * b + 1])));
+    const float amax =
+        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[2 * b]), _mm512_abs_ps(v[2 * b + 1])));
     const __m512 inv = InverseStep(_mm512_set1_ps(amax), kI4QMax);
     q[2 * b] = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * b], inv));
     q[2 * b + 1] = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * b + 1], inv));
@@ -623,7 +623,8 @@ HWY_INLINE void StepI4(const uint8_t* const (&rows)[R], const float* const (&sca
     // low half cleared; one ternary-logic op each. Shifts and logic ops run
     // beside the dot products, where the GF(2) affine unpack competed with
     // them (Zen 4: a chunk in about 4.8 cycles instead of 6.4).
-    const __m512i low = _mm512_ternarylogic_epi32(_mm512_slli_epi16(bytes, 4), high_half, sign, kAndXor);
+    const __m512i low =
+        _mm512_ternarylogic_epi32(_mm512_slli_epi16(bytes, 4), high_half, sign, kAndXor);
     const __m512i high = _mm512_ternarylogic_epi32(bytes, high_half, sign, kAndXor);
     const __m128 ws = BlockScales<kGroup, kMasked>(scales[r], num_groups, c, group_size);
     __m512 ws16;
