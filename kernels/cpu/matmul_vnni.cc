@@ -71,6 +71,13 @@ constexpr float kI4QMax = 127.0f;
 constexpr int64_t kI4ChunkInputs = 128;
 constexpr int64_t kI4BlockInputs = 32;
 
+// Where the steps and the group bias terms of a token's int4 record start,
+// in bytes from the record, for rows of `chunks` chunks.
+constexpr int64_t I4StepsOffset(int64_t chunks) { return chunks * kI4ChunkInputs; }
+constexpr int64_t I4GroupBiasOffset(int64_t chunks) {
+  return I4StepsOffset(chunks) + chunks * 4 * static_cast<int64_t>(sizeof(float));
+}
+
 struct QuantizedX {
   const uint8_t* data = nullptr;  // 64-byte aligned
   int64_t chunks = 0;
@@ -83,14 +90,16 @@ struct QuantizedX {
   // int4: token t's record, its parts.
   const uint8_t* Planes(int64_t t) const { return data + t * record_bytes; }
   const float* Steps(int64_t t) const {
-    return reinterpret_cast<const float*>(Planes(t) + chunks * kI4ChunkInputs);
+    return reinterpret_cast<const float*>(Planes(t) + I4StepsOffset(chunks));
   }
-  const float* GroupBias(int64_t t) const { return Steps(t) + chunks * 4; }
+  const float* GroupBias(int64_t t) const {
+    return reinterpret_cast<const float*>(Planes(t) + I4GroupBiasOffset(chunks));
+  }
 };
 
 // Bytes of one token's int4 record (a multiple of 64).
 int64_t I4RecordBytes(int64_t chunks, int64_t num_groups) {
-  const int64_t bytes = chunks * (kI4ChunkInputs + 16) + (num_groups + 15) / 16 * 64;
+  const int64_t bytes = I4GroupBiasOffset(chunks) + (num_groups + 15) / 16 * 64;
   return (bytes + 63) / 64 * 64;
 }
 
@@ -344,8 +353,8 @@ HWY_NOINLINE void QuantizeActivations(const float* x, int64_t T, int64_t cols, i
     const float* xt = x + t * cols;
     if constexpr (kInt4) {
       uint8_t* planes = out + t * record_bytes;
-      float* steps = reinterpret_cast<float*>(planes + chunks * kI4ChunkInputs);
-      float* group_bias = steps + chunks * 4;
+      float* steps = reinterpret_cast<float*>(planes + I4StepsOffset(chunks));
+      float* group_bias = reinterpret_cast<float*>(planes + I4GroupBiasOffset(chunks));
       const int64_t num_groups = Int4NumGroups(cols, group_size);
       std::fill(group_bias, group_bias + (num_groups + 15) / 16 * 16, 0.0f);
       for (int64_t c = 0; c < chunks; ++c) {
