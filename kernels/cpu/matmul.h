@@ -54,6 +54,9 @@ struct WeightMatrix {
   // byte boundary: row r begins at byte r * Int4RowBytes(cols).
   // Any alignment is accepted (f16/bf16 need 2-byte alignment).
   const void* data = nullptr;
+  // kI8 only: each byte holds q + 128 (offset binary) instead of q (two's
+  // complement). Every path takes both; see PrefersInt8Offset.
+  bool int8_offset = false;
   // kI8: [rows], w[r][c] = q[r][c] * scales[r].
   // kI4: [rows, Int4NumGroups(cols, group_size)],
   //      w[r][c] = q[r][c] * scales[r * num_groups + c / group_size]
@@ -101,6 +104,10 @@ inline int64_t Int4RowBytes(int64_t cols) { return (cols + 1) / 2; }
 inline int64_t Int4NumGroups(int64_t cols, int group_size) {
   return (cols + group_size - 1) / group_size;
 }
+// q of an int8 matrix's byte b (see WeightMatrix::int8_offset).
+inline int Int8Value(uint8_t b, bool offset) {
+  return offset ? int{b} - 128 : static_cast<int8_t>(b);
+}
 
 // Bytes of w's weight data (all rows, in any column-block layout), and the
 // number of floats in its scales (0 for f32, f16 and bf16).
@@ -146,6 +153,18 @@ void MatMulShared(ThreadPool& pool, const float* x, int64_t T,
 // tokens on this machine.
 bool RoundsActivations(const WeightMatrix& w, int64_t T);
 
+// Whether this machine's kernels stream int8 weights faster with
+// WeightMatrix::int8_offset: true where the AVX-512 VNNI kernels run, which
+// multiply unsigned weight bytes and otherwise flip every 64 bytes they load.
+// That one instruction per cache line cost stream rate, not just cycles:
+// offset weights streamed a Llama-3.2-1B decode step's int8 matrices
+// 1.02-1.14x faster (median 1.07x, 8 alternated rounds in one process), and
+// `tandem-bench decode --quantize int8` ran 1.11-1.12x faster (2 threads).
+// Elsewhere the decode path does not take offset int8 and MatMul runs the
+// prefill path for it at every T (correct, slower), so loaders set
+// int8_offset only where this holds.
+bool PrefersInt8Offset();
+
 // Plain scalar reference of MatMul (double accumulation, no SIMD, one thread).
 void MatMulReference(const float* x, int64_t T, const WeightMatrix& w, const float* bias,
                      float* y);
@@ -158,8 +177,10 @@ void DequantizeRow(const WeightMatrix& w, int64_t row, float* out);
 //   scales[r] = max_c |w[r][c]| / 127 (0 for an all-zero row),
 //   out[r][c] = clamp(round_half_away_from_zero(w[r][c] / scales[r]), -127, 127)
 //   (0 where the scale is 0).
-// out: [rows, cols] int8; scales: [rows].
-void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales);
+// out: [rows, cols] int8, or with offset its bytes hold q + 128 (the layout
+// of WeightMatrix::int8_offset); scales: [rows].
+void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales,
+                        bool offset = false);
 
 // Symmetric group-wise int4 quantization of w [rows, cols], groups of
 // `group_size` consecutive inputs within a row (the last may be partial):
