@@ -854,6 +854,8 @@ void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t
 // a token) stay in L2 while every tile passes over them.
 constexpr int64_t kTokenBlock = 32;
 
+// The row tiles of every product. kGroup: int4's group size (0: another
+// multiple of 128); kOffset: int8 weights stored offset binary (ChunkI8).
 template <bool kInt4, int kGroup, bool kOffset>
 void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
               std::span<const MatMulProduct> products) {
