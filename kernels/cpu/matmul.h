@@ -153,13 +153,15 @@ void MatMulShared(ThreadPool& pool, const float* x, int64_t T,
 // tokens on this machine.
 bool RoundsActivations(const WeightMatrix& w, int64_t T);
 
-// Whether this machine's kernels stream int8 weights faster with
+// Whether this machine's kernels want int8 weights with
 // WeightMatrix::int8_offset: true where the AVX-512 VNNI kernels run, which
-// multiply unsigned weight bytes and otherwise flip every 64 bytes they load.
-// That one instruction per cache line cost stream rate, not just cycles:
-// offset weights streamed a Llama-3.2-1B decode step's int8 matrices
-// 1.02-1.14x faster (median 1.07x, 8 alternated rounds in one process), and
-// `tandem-bench decode --quantize int8` ran 1.11-1.12x faster (2 threads).
+// multiply unsigned weight bytes and otherwise flip every 64-byte vector
+// between its load and its dot products. The gain is small: a Llama-3.2-1B
+// decode step's int8 matrices streamed 1.02x faster (0.97-1.03, 6 rounds of
+// 20 alternated steps in one process; two instances doing the same work
+// read 0.97-1.01 there), and `tandem-bench decode --quantize int8` runs
+// alternated against the two's-complement build read 1.12, 1.04 and 0.92 of
+// its fraction of the roofline (2 threads).
 // Elsewhere the decode path does not take offset int8 and MatMul runs the
 // prefill path for it at every T (correct, slower), so loaders set
 // int8_offset only where this holds.
