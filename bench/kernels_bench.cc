@@ -122,10 +122,7 @@ struct RandomWeights {
         }
       }
     });
-    if (kind.dtype == DType::kI8) {
-      scales.assign(static_cast<size_t>(shape.rows), 0.01f);
-      view.int8_offset = cpu::PrefersInt8Offset();  // as a CPU stage stores them
-    }
+    if (kind.dtype == DType::kI8) scales.assign(static_cast<size_t>(shape.rows), 0.01f);
     if (kind.dtype == DType::kI4) {
       scales.assign(static_cast<size_t>(shape.rows * cpu::Int4NumGroups(shape.cols, kind.group_size)),
                     0.01f);

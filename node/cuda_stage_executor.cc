@@ -23,7 +23,6 @@ namespace {
 
 cuda::DeviceMatrix View(const cpu::WeightMatrix& w) {
   CHECK_MSG(cpu::NumColumnBlocks(w) == 1, "GPU stage: weights must be loaded row-major");
-  CHECK_MSG(!w.int8_offset, "GPU stage: int8 weights must be two's complement");
   return {.dtype = w.dtype, .rows = w.rows, .cols = w.cols, .data = w.data, .scales = w.scales,
           .group_size = w.group_size};
 }

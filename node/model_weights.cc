@@ -203,12 +203,10 @@ class Loader {
       }
       case WeightQuantization::kInt8: {
         out.dtype = DType::kI8;
-        out.int8_offset = options_.cpu_layout && cpu::PrefersInt8Offset();
         AlignedBuffer& q = buffers_.emplace_back(static_cast<size_t>(rows * cols));
         AlignedBuffer& s = buffers_.emplace_back(static_cast<size_t>(rows) * sizeof(float));
         for_each_chunk([&](int64_t r0, int64_t n, const float* f32) {
-          cpu::QuantizeInt8PerRow(f32, n, cols, q.As<int8_t>() + r0 * cols, s.As<float>() + r0,
-                                  out.int8_offset);
+          cpu::QuantizeInt8PerRow(f32, n, cols, q.As<int8_t>() + r0 * cols, s.As<float>() + r0);
         });
         out.data = q.data();
         out.scales = s.As<float>();

@@ -104,8 +104,7 @@ struct WeightLoadOptions {
   // (Llama-3.2-1B shapes, 2 cores, alternated runs, whether or not the
   // file's tensors were 64-byte aligned). Wide f32/f16/bf16 matrices are in
   // the column blocks of cpu::ColumnBlockFor; the embedding stays row-major
-  // (its rows are looked up). int8 matrices are offset binary where
-  // cpu::PrefersInt8Offset. CPU stages set it; GPU stages upload row-major
+  // (its rows are looked up). CPU stages set it; GPU stages upload row-major
   // matrices straight from the mapping.
   bool cpu_layout = false;
 };

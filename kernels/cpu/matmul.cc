@@ -82,10 +82,9 @@ inline void WidenRange(const WeightMatrix& w, int64_t row, int64_t c0, int64_t n
       break;
     }
     case DType::kI8: {
+      const int8_t* s = reinterpret_cast<const int8_t*>(p) + c0;
       const float scale = w.scales[row];
-      for (int64_t i = 0; i < n; ++i) {
-        out[i] = static_cast<float>(Int8Value(p[c0 + i], w.int8_offset)) * scale;
-      }
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(s[i]) * scale;
       break;
     }
     case DType::kI4: {
@@ -588,7 +587,6 @@ void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T, const WeightMatri
       return DecodeMatMulT<DType::kBF16>(pool, xp, T, w, bias, y, paired_cols);
     }
     case DType::kI8:
-      CHECK_MSG(!w.int8_offset, "MatMul: offset int8 takes the prefill path here");
       return DecodeMatMulT<DType::kI8>(pool, x, T, w, bias, y, 0);
     case DType::kI4: {
       const DF df;
@@ -744,8 +742,6 @@ bool UsesDecodePath(const WeightMatrix& w, int64_t T) {
 #if HWY_TARGET == HWY_AVX3_DL
   if (vnni::Handles(w)) return w.dtype == DType::kI4 || T <= kDecodeMaxTokens;
 #endif
-  // Offset int8 only where the VNNI kernels take it (PrefersInt8Offset).
-  if (w.dtype == DType::kI8 && w.int8_offset) return false;
   const bool quantized = w.dtype == DType::kI8 || w.dtype == DType::kI4;
   return T <= (quantized ? kDequantizingDecodeMaxTokens : kDecodeMaxTokens);
 }
@@ -760,17 +756,8 @@ bool RoundsActivationsImpl(const WeightMatrix& w, int64_t T) {
 #endif
 }
 
-bool PrefersInt8OffsetImpl() {
-#if HWY_TARGET == HWY_AVX3_DL
-  return vnni::Handles(WeightMatrix{.dtype = DType::kI8});
-#else
-  return false;
-#endif
-}
-
 // Whether MatMulShared's products can share one pass: rounded activations
-// (so one rounding serves them all), same dtype, cols, group size and int8
-// encoding.
+// (so one rounding serves them all), same dtype, cols and group size.
 bool SharesOnePass(int64_t T, std::span<const MatMulProduct> products) {
 #if HWY_TARGET == HWY_AVX3_DL
   if (products.size() > vnni::kMaxProducts) return false;
@@ -778,7 +765,7 @@ bool SharesOnePass(int64_t T, std::span<const MatMulProduct> products) {
   for (const MatMulProduct& p : products) {
     const WeightMatrix& w = *p.w;
     if (!RoundsActivationsImpl(w, T) || w.dtype != first.dtype || w.cols != first.cols ||
-        w.group_size != first.group_size || w.int8_offset != first.int8_offset) {
+        w.group_size != first.group_size) {
       return false;
     }
   }
@@ -852,9 +839,6 @@ void CopyToColumnBlocks(ThreadPool& pool, const void* src, int64_t src_row_bytes
 HWY_EXPORT(MatMulImpl);
 HWY_EXPORT(SharesOnePass);
 HWY_EXPORT(RoundsActivationsImpl);
-HWY_EXPORT(PrefersInt8OffsetImpl);
-
-bool PrefersInt8Offset() { return HWY_DYNAMIC_DISPATCH(PrefersInt8OffsetImpl)(); }
 
 bool RoundsActivations(const WeightMatrix& w, int64_t T) {
   return HWY_DYNAMIC_DISPATCH(RoundsActivationsImpl)(w, T);

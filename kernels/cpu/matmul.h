@@ -54,9 +54,6 @@ struct WeightMatrix {
   // byte boundary: row r begins at byte r * Int4RowBytes(cols).
   // Any alignment is accepted (f16/bf16 need 2-byte alignment).
   const void* data = nullptr;
-  // kI8 only: each byte holds q + 128 (offset binary) instead of q (two's
-  // complement). Every path takes both; see PrefersInt8Offset.
-  bool int8_offset = false;
   // kI8: [rows], w[r][c] = q[r][c] * scales[r].
   // kI4: [rows, Int4NumGroups(cols, group_size)],
   //      w[r][c] = q[r][c] * scales[r * num_groups + c / group_size]
@@ -104,10 +101,6 @@ inline int64_t Int4RowBytes(int64_t cols) { return (cols + 1) / 2; }
 inline int64_t Int4NumGroups(int64_t cols, int group_size) {
   return (cols + group_size - 1) / group_size;
 }
-// q of an int8 matrix's byte b (see WeightMatrix::int8_offset).
-inline int Int8Value(uint8_t b, bool offset) {
-  return offset ? int{b} - 128 : static_cast<int8_t>(b);
-}
 
 // Bytes of w's weight data (all rows, in any column-block layout), and the
 // number of floats in its scales (0 for f32, f16 and bf16).
@@ -153,20 +146,6 @@ void MatMulShared(ThreadPool& pool, const float* x, int64_t T,
 // tokens on this machine.
 bool RoundsActivations(const WeightMatrix& w, int64_t T);
 
-// Whether this machine's kernels want int8 weights with
-// WeightMatrix::int8_offset: true where the AVX-512 VNNI kernels run, which
-// multiply unsigned weight bytes and otherwise flip every 64-byte vector
-// between its load and its dot products. The gain is small: a Llama-3.2-1B
-// decode step's int8 matrices streamed 1.02x faster (0.97-1.03, 6 rounds of
-// 20 alternated steps in one process; two instances doing the same work
-// read 0.97-1.01 there), and `tandem-bench decode --quantize int8` runs
-// alternated against the two's-complement build read 1.12, 1.04 and 0.92 of
-// its fraction of the roofline (2 threads).
-// Elsewhere the decode path does not take offset int8 and MatMul runs the
-// prefill path for it at every T (correct, slower), so loaders set
-// int8_offset only where this holds.
-bool PrefersInt8Offset();
-
 // Plain scalar reference of MatMul (double accumulation, no SIMD, one thread).
 void MatMulReference(const float* x, int64_t T, const WeightMatrix& w, const float* bias,
                      float* y);
@@ -179,10 +158,8 @@ void DequantizeRow(const WeightMatrix& w, int64_t row, float* out);
 //   scales[r] = max_c |w[r][c]| / 127 (0 for an all-zero row),
 //   out[r][c] = clamp(round_half_away_from_zero(w[r][c] / scales[r]), -127, 127)
 //   (0 where the scale is 0).
-// out: [rows, cols] int8, or with offset its bytes hold q + 128 (the layout
-// of WeightMatrix::int8_offset); scales: [rows].
-void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales,
-                        bool offset = false);
+// out: [rows, cols] int8; scales: [rows].
+void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales);
 
 // Symmetric group-wise int4 quantization of w [rows, cols], groups of
 // `group_size` consecutive inputs within a row (the last may be partial):

@@ -378,8 +378,8 @@ HWY_NOINLINE void QuantizeActivations(const float* x, int64_t T, int64_t cols, i
 }
 
 // One chunk (256 inputs) of R int8 rows against TT tokens; kMasked: the
-// chunk runs past the end of the rows; kOffset as for ChunkI8.
-template <int R, int TT, bool kMasked, bool kOffset>
+// chunk runs past the end of the rows.
+template <int R, int TT, bool kMasked>
 HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols,
                        const uint8_t* const (&recs)[TT], __m512 (&acc)[R][TT]) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -393,7 +393,7 @@ HWY_INLINE void StepI8(const uint8_t* const (&rows)[R], int64_t b0, int64_t cols
         PrefetchToL2(rows[r] + b0 + 64 * k + prefetch);
         wv[k] = _mm512_loadu_si512(rows[r] + b0 + 64 * k);
       }
-      if constexpr (!kOffset) wv[k] = _mm512_xor_si512(wv[k], flip);
+      wv[k] = _mm512_xor_si512(wv[k], flip);
     }
     for (int t = 0; t < TT; ++t) {
       acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ChunkDotI8(wv, recs[t])),
@@ -415,7 +415,7 @@ HWY_INLINE void SumSets(const __m512 (&acc)[kSets][R][TT], __m512 (&out)[R][TT])
 
 // acc[r][t]: 16 lanes whose sum is row r0 + r times token t0 + t before the
 // row scale, int8 weights: R rows streamed once against TT tokens.
-template <int R, int TT, bool kOffset>
+template <int R, int TT>
 HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
                              __m512 (&out)[R][TT]) {
   // One row against one token (a tile's last row and token at T >= 2; one
@@ -436,15 +436,15 @@ HWY_INLINE void AccumulateI8(const WeightMatrix& w, int64_t r0, const QuantizedX
   int64_t c = 0;
   for (; c + kChains <= full; c += kChains) {
     for (int u = 0; u < kChains; ++u) {
-      StepI8<R, TT, false, kOffset>(rows, (c + u) * 256, cols, recs, acc[u]);
+      StepI8<R, TT, false>(rows, (c + u) * 256, cols, recs, acc[u]);
       for (int t = 0; t < TT; ++t) recs[t] += kI8RecordBytes;
     }
   }
   for (; c < full; ++c) {
-    StepI8<R, TT, false, kOffset>(rows, c * 256, cols, recs, acc[0]);
+    StepI8<R, TT, false>(rows, c * 256, cols, recs, acc[0]);
     for (int t = 0; t < TT; ++t) recs[t] += kI8RecordBytes;
   }
-  if (full < qx.chunks) StepI8<R, TT, true, kOffset>(rows, full * 256, cols, recs, acc[0]);
+  if (full < qx.chunks) StepI8<R, TT, true>(rows, full * 256, cols, recs, acc[0]);
   SumSets(acc, out);
 }
 
@@ -461,10 +461,8 @@ constexpr int64_t kOneTokenPrefetchBytesI8 = 512;
 // token's block record: each 64-byte column k of the chunk goes to
 // accumulator pair k % kPairs of its row, and each activation vector is
 // loaded once for all R rows. kMasked: the row's last, partial chunk (n
-// inputs left; the record is 0 past them). vpdpbusd multiplies unsigned bytes
-// by signed ones: weights stored as q are flipped to q + 128, and offset
-// weights (kOffset, WeightMatrix::int8_offset) are stored so.
-template <int R, int kPairs, bool kMasked, bool kOffset>
+// inputs left; the record is 0 past them).
+template <int R, int kPairs, bool kMasked>
 HWY_INLINE void ChunkI8(const uint8_t* const (&rows)[R], int64_t at, int64_t n, int64_t cols,
                         const uint8_t* rec, __m512i (&hi)[R][kPairs], __m512i (&lo)[R][kPairs]) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -480,7 +478,7 @@ HWY_INLINE void ChunkI8(const uint8_t* const (&rows)[R], int64_t at, int64_t n, 
         PrefetchToL2(rows[r] + (ahead < cols ? ahead : ahead + (R - 1) * cols));
         wv = _mm512_loadu_si512(rows[r] + at + 64 * k);
       }
-      if constexpr (!kOffset) wv = _mm512_xor_si512(wv, flip);
+      wv = _mm512_xor_si512(wv, flip);
       hi[r][k % kPairs] = _mm512_dpbusd_epi32(hi[r][k % kPairs], wv, xh);
       lo[r][k % kPairs] = _mm512_dpbusd_epi32(lo[r][k % kPairs], wv, xl);
     }
@@ -497,7 +495,7 @@ constexpr int kOneTokenRowsI8 = 8;
 // one token before the row scale, against the token's block records
 // (QuantizeRowBlocksI8). A row's integer sums run through a whole block
 // before one conversion; R > 1 rows share each activation load.
-template <int R, bool kOffset>
+template <int R>
 HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const uint8_t* rec,
                           __m512* sum) {
   // Accumulator pairs per row: 4 hide the latency for one row; 8 rows'
@@ -524,9 +522,9 @@ HWY_INLINE void RowsDotI8(const uint8_t* const (&rows)[R], int64_t cols, const u
     }
     int64_t c = 0;
     for (; c + 256 <= n; c += 256) {
-      ChunkI8<R, kPairs, false, kOffset>(rows, b0 + c, 256, cols, rec + c, hi, lo);
+      ChunkI8<R, kPairs, false>(rows, b0 + c, 256, cols, rec + c, hi, lo);
     }
-    if (c < n) ChunkI8<R, kPairs, true, kOffset>(rows, b0 + c, n - c, cols, rec + c, hi, lo);
+    if (c < n) ChunkI8<R, kPairs, true>(rows, b0 + c, n - c, cols, rec + c, hi, lo);
     // Each lane holds the exact sum of its 128 products w * q per plane
     // (below 2^21 in magnitude), so the conversions to f32 are exact too.
     const __m512 step = _mm512_load_ps(rec + 2 * kRowBlockInputs + 128);
@@ -731,23 +729,23 @@ HWY_INLINE void AccumulateI4(const WeightMatrix& w, int64_t r0, const QuantizedX
   AddGroupBias(scales, bias, num_groups, out);
 }
 
-template <bool kInt4, int kGroup, bool kOffset, int R, int TT>
+template <bool kInt4, int kGroup, int R, int TT>
 HWY_INLINE void Accumulate(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
                            __m512 (&acc)[R][TT]) {
   if constexpr (kInt4) {
     AccumulateI4<kGroup, R, TT>(w, r0, qx, t0, acc);
   } else {
-    AccumulateI8<R, TT, kOffset>(w, r0, qx, t0, acc);
+    AccumulateI8<R, TT>(w, r0, qx, t0, acc);
   }
 }
 
 // y[t0 + t][r0 + r] for r < R, t < TT: R rows streamed once against TT
 // tokens. y is [T, w.rows].
-template <bool kInt4, int kGroup, bool kOffset, int R, int TT>
+template <bool kInt4, int kGroup, int R, int TT>
 HWY_NOINLINE void Tile(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0,
                        const float* bias, float* y) {
   __m512 acc[R][TT];
-  Accumulate<kInt4, kGroup, kOffset, R, TT>(w, r0, qx, t0, acc);
+  Accumulate<kInt4, kGroup, R, TT>(w, r0, qx, t0, acc);
   for (int r = 0; r < R; ++r) {
     const float scale = kInt4 ? 1.0f : w.scales[r0 + r];
     for (int t = 0; t < TT; ++t) {
@@ -791,7 +789,7 @@ HWY_INLINE __m512 SumEach(const __m512 (&v)[16]) {
 // (int4), or kOneTokenRowsI8 at a time (int8), so each thread streams one
 // contiguous range, as the DRAM prefetchers like best, while the token's
 // records stay in L1; the rows' sums are reduced together.
-template <bool kInt4, int kGroup, bool kOffset>
+template <bool kInt4, int kGroup>
 HWY_NOINLINE void RowsOneToken(const WeightMatrix& w, int64_t r0, int64_t n, const QuantizedX& qx,
                                const float* bias, float* y) {
   __m512 sums[16];
@@ -807,11 +805,11 @@ HWY_NOINLINE void RowsOneToken(const WeightMatrix& w, int64_t r0, int64_t n, con
     for (; j + kOneTokenRowsI8 <= n; j += kOneTokenRowsI8) {
       const uint8_t* rows[kOneTokenRowsI8];
       for (int r = 0; r < kOneTokenRowsI8; ++r) rows[r] = data + (r0 + j + r) * w.cols;
-      RowsDotI8<kOneTokenRowsI8, kOffset>(rows, w.cols, qx.data, sums + j);
+      RowsDotI8<kOneTokenRowsI8>(rows, w.cols, qx.data, sums + j);
     }
     for (; j < n; ++j) {
       const uint8_t* rows[1] = {data + (r0 + j) * w.cols};
-      RowsDotI8<1, kOffset>(rows, w.cols, qx.data, sums + j);
+      RowsDotI8<1>(rows, w.cols, qx.data, sums + j);
     }
   }
   for (; j < 16; ++j) sums[j] = _mm512_setzero_ps();
@@ -835,18 +833,18 @@ namespace {
 constexpr int kTileRows = 4;
 constexpr int kTileTokens = 4;
 
-template <bool kInt4, int kGroup, bool kOffset, int R>
+template <bool kInt4, int kGroup, int R>
 void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t t0, int64_t t1,
                 const float* bias, float* y) {
   static_assert(kTileTokens == 4);
-  for (; t1 - t0 >= 4; t0 += 4) Tile<kInt4, kGroup, kOffset, R, 4>(w, r0, qx, t0, bias, y);
+  for (; t1 - t0 >= 4; t0 += 4) Tile<kInt4, kGroup, R, 4>(w, r0, qx, t0, bias, y);
   switch (t1 - t0) {
     case 1:
-      return Tile<kInt4, kGroup, kOffset, R, 1>(w, r0, qx, t0, bias, y);
+      return Tile<kInt4, kGroup, R, 1>(w, r0, qx, t0, bias, y);
     case 2:
-      return Tile<kInt4, kGroup, kOffset, R, 2>(w, r0, qx, t0, bias, y);
+      return Tile<kInt4, kGroup, R, 2>(w, r0, qx, t0, bias, y);
     case 3:
-      return Tile<kInt4, kGroup, kOffset, R, 3>(w, r0, qx, t0, bias, y);
+      return Tile<kInt4, kGroup, R, 3>(w, r0, qx, t0, bias, y);
   }
 }
 
@@ -855,8 +853,8 @@ void TileTokens(const WeightMatrix& w, int64_t r0, const QuantizedX& qx, int64_t
 constexpr int64_t kTokenBlock = 32;
 
 // The row tiles of every product. kGroup: int4's group size (0: another
-// multiple of 128); kOffset: int8 weights stored offset binary (ChunkI8).
-template <bool kInt4, int kGroup, bool kOffset>
+// multiple of 128).
+template <bool kInt4, int kGroup>
 void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
               std::span<const MatMulProduct> products) {
   const int64_t rows_per_block = T == 1 ? 16 : kTileRows;
@@ -881,25 +879,18 @@ void RunTiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
             const int64_t r0 = (b - first_block[i]) * rows_per_block;
             const int64_t n = std::min(rows_per_block, w.rows - r0);
             if (T == 1) {
-              RowsOneToken<kInt4, kGroup, kOffset>(w, r0, n, qx, bias, y);
+              RowsOneToken<kInt4, kGroup>(w, r0, n, qx, bias, y);
             } else if (n == kTileRows) {
-              TileTokens<kInt4, kGroup, kOffset, kTileRows>(w, r0, qx, t0, t1, bias, y);
+              TileTokens<kInt4, kGroup, kTileRows>(w, r0, qx, t0, t1, bias, y);
             } else {
               for (int64_t r = r0; r < r0 + n; ++r) {
-                TileTokens<kInt4, kGroup, kOffset, 1>(w, r, qx, t0, t1, bias, y);
+                TileTokens<kInt4, kGroup, 1>(w, r, qx, t0, t1, bias, y);
               }
             }
           }
         },
         1);  // one block per piece: threads stream their shares and finish together
   }
-}
-
-// RunTiles for int8 weights, in their encoding (the same for every product).
-void RunI8Tiles(ThreadPool& pool, const QuantizedX& qx, int64_t T,
-                std::span<const MatMulProduct> products) {
-  if (products[0].w->int8_offset) return RunTiles<false, 0, true>(pool, qx, T, products);
-  RunTiles<false, 0, false>(pool, qx, T, products);
 }
 
 template <bool kInt4>
@@ -913,7 +904,7 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T,
     uint8_t* records = Scratch(static_cast<size_t>(qx.chunks * qx.record_bytes));
     QuantizeRowBlocksI8(x, w.cols, records);
     qx.data = records;
-    return RunI8Tiles(pool, qx, T, products);
+    return RunTiles<false, 0>(pool, qx, T, products);
   }
   constexpr int64_t kChunkInputs = kInt4 ? kI4ChunkInputs : kI8ChunkInputs;
   qx.chunks = (w.cols + kChunkInputs - 1) / kChunkInputs;
@@ -931,16 +922,16 @@ void DecodeMatMulT(ThreadPool& pool, const float* x, int64_t T,
     });
   }
   qx.data = records;
-  if constexpr (!kInt4) return RunI8Tiles(pool, qx, T, products);
+  if constexpr (!kInt4) return RunTiles<false, 0>(pool, qx, T, products);
   switch (w.group_size) {
     case 32:
-      return RunTiles<true, 32, false>(pool, qx, T, products);
+      return RunTiles<true, 32>(pool, qx, T, products);
     case 64:
-      return RunTiles<true, 64, false>(pool, qx, T, products);
+      return RunTiles<true, 64>(pool, qx, T, products);
     case 128:
-      return RunTiles<true, 128, false>(pool, qx, T, products);
+      return RunTiles<true, 128>(pool, qx, T, products);
     default:
-      return RunTiles<true, 0, false>(pool, qx, T, products);
+      return RunTiles<true, 0>(pool, qx, T, products);
   }
 }
 
@@ -952,8 +943,7 @@ void DecodeMatMul(ThreadPool& pool, const float* x, int64_t T,
   const WeightMatrix& w = *products[0].w;
   for (const MatMulProduct& p : products) {
     CHECK(Handles(*p.w) && p.w->cols > 0);
-    CHECK(p.w->dtype == w.dtype && p.w->cols == w.cols && p.w->group_size == w.group_size &&
-          p.w->int8_offset == w.int8_offset);
+    CHECK(p.w->dtype == w.dtype && p.w->cols == w.cols && p.w->group_size == w.group_size);
   }
   if (w.dtype == DType::kI4) return DecodeMatMulT<true>(pool, x, T, products);
   DecodeMatMulT<false>(pool, x, T, products);

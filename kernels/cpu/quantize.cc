@@ -32,8 +32,7 @@ float AbsMax(const float* v, int64_t n) {
 
 }  // namespace
 
-void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales,
-                        bool offset) {
+void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out, float* scales) {
   CHECK_GE(rows, 0);
   CHECK_GE(cols, 0);
   for (int64_t r = 0; r < rows; ++r) {
@@ -41,16 +40,12 @@ void QuantizeInt8PerRow(const float* w, int64_t rows, int64_t cols, int8_t* out,
     int8_t* dst = out + r * cols;
     const float scale = AbsMax(src, cols) / 127.0f;
     scales[r] = scale;
-    const int zero = offset ? 128 : 0;
     if (scale == 0.0f) {
-      std::memset(dst, zero, static_cast<size_t>(cols));
+      std::memset(dst, 0, static_cast<size_t>(cols));
       continue;
     }
     const double inv = 1.0 / static_cast<double>(scale);
-    for (int64_t c = 0; c < cols; ++c) {
-      dst[c] =
-          static_cast<int8_t>(static_cast<uint8_t>(QuantizeValue(src[c], inv, -127, 127) + zero));
-    }
+    for (int64_t c = 0; c < cols; ++c) dst[c] = static_cast<int8_t>(QuantizeValue(src[c], inv, -127, 127));
   }
 }
 
@@ -108,11 +103,9 @@ void DequantizeRow(const WeightMatrix& w, int64_t row, float* out) {
       ConvertToF32(w.dtype, base + row * cols * 2, out, static_cast<size_t>(cols));
       return;
     case DType::kI8: {
-      const uint8_t* q = base + row * cols;
+      const int8_t* q = reinterpret_cast<const int8_t*>(base + row * cols);
       const float scale = w.scales[row];
-      for (int64_t c = 0; c < cols; ++c) {
-        out[c] = static_cast<float>(Int8Value(q[c], w.int8_offset)) * scale;
-      }
+      for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<float>(q[c]) * scale;
       return;
     }
     case DType::kI4: {

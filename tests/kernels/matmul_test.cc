@@ -15,22 +15,18 @@
 namespace tandem::cpu {
 namespace {
 
-// kOffset: int8 stored offset binary (WeightMatrix::int8_offset).
-template <DType kType, int kGroup = 0, bool kOffset = false>
+template <DType kType, int kGroup = 0>
 struct WeightKind {
   static constexpr DType dtype = kType;
   static constexpr int group_size = kGroup;
-  static constexpr bool int8_offset = kOffset;
 };
 
 // Weights of one dtype built from f32 values, stored one byte past a 64-byte
 // boundary (two bytes for 16-bit types, four for f32) so loads are misaligned.
 class TestWeights {
  public:
-  TestWeights(DType dtype, int group_size, int64_t rows, int64_t cols, const float* values,
-              bool int8_offset = false) {
+  TestWeights(DType dtype, int group_size, int64_t rows, int64_t cols, const float* values) {
     view_.dtype = dtype;
-    view_.int8_offset = int8_offset;
     view_.rows = rows;
     view_.cols = cols;
     view_.group_size = group_size;
@@ -68,8 +64,7 @@ class TestWeights {
         break;
       case DType::kI8:
         scales_.resize(static_cast<size_t>(rows));
-        QuantizeInt8PerRow(values, rows, cols, reinterpret_cast<int8_t*>(data), scales_.data(),
-                           int8_offset);
+        QuantizeInt8PerRow(values, rows, cols, reinterpret_cast<int8_t*>(data), scales_.data());
         break;
       case DType::kI4:
         scales_.resize(static_cast<size_t>(rows * Int4NumGroups(cols, group_size)));
@@ -168,7 +163,7 @@ class MatMulTest : public testing::SeededTest {
     SCOPED_TRACE(::testing::Message() << "T=" << T << " rows=" << rows << " cols=" << cols
                                       << " bias=" << with_bias << " outliers=" << outliers);
     const std::vector<float> w_values = Normal(rows * cols, 0.05f);
-    TestWeights w(Kind::dtype, Kind::group_size, rows, cols, w_values.data(), Kind::int8_offset);
+    TestWeights w(Kind::dtype, Kind::group_size, rows, cols, w_values.data());
     testing::MisalignedFloats x(T * cols), y(T * rows), bias(rows);
     FillNormal(x.data(), T * cols);
     if (outliers) {
@@ -184,8 +179,7 @@ class MatMulTest : public testing::SeededTest {
 
 using Kinds =
     ::testing::Types<WeightKind<DType::kF32>, WeightKind<DType::kF16>, WeightKind<DType::kBF16>,
-                     WeightKind<DType::kI8>, WeightKind<DType::kI8, 0, true>,
-                     WeightKind<DType::kI4, 32>, WeightKind<DType::kI4, 64>,
+                     WeightKind<DType::kI8>, WeightKind<DType::kI4, 32>, WeightKind<DType::kI4, 64>,
                      WeightKind<DType::kI4, 128>, WeightKind<DType::kI4, 256>>;
 TYPED_TEST_SUITE(MatMulTest, Kinds);
 
@@ -218,8 +212,7 @@ TYPED_TEST(MatMulTest, DecodeZeroAndTinyBlocks) {
   ThreadPool pool(2);
   const int64_t T = 3, rows = 21, cols = 1000;
   const std::vector<float> w_values = this->Normal(rows * cols, 0.05f);
-  TestWeights w(TypeParam::dtype, TypeParam::group_size, rows, cols, w_values.data(),
-                TypeParam::int8_offset);
+  TestWeights w(TypeParam::dtype, TypeParam::group_size, rows, cols, w_values.data());
   testing::MisalignedFloats x(T * cols), y(T * rows);
   this->FillNormal(x.data(), T * cols);
   for (int64_t i = 0; i < T * cols; ++i) {
@@ -233,8 +226,7 @@ TYPED_TEST(MatMulTest, DecodeZeroAndTinyBlocks) {
   // zeros and of tiny values, then a partial block.
   const int64_t long_cols = 3 * 2048 + 5;
   const std::vector<float> long_values = this->Normal(rows * long_cols, 0.05f);
-  TestWeights long_w(TypeParam::dtype, TypeParam::group_size, rows, long_cols, long_values.data(),
-                     TypeParam::int8_offset);
+  TestWeights long_w(TypeParam::dtype, TypeParam::group_size, rows, long_cols, long_values.data());
   testing::MisalignedFloats x1(long_cols), y1(rows);
   this->FillNormal(x1.data(), long_cols);
   for (int64_t i = 2048; i < 2 * 2048; ++i) x1[i] = 0.0f;
@@ -283,8 +275,7 @@ TYPED_TEST(MatMulTest, SharedProductsEqualSeparateOnes) {
     std::vector<TestWeights> weights;
     for (int64_t rows : {37, 5, 64}) {
       const std::vector<float> values = this->Normal(rows * cols, 0.05f);
-      weights.emplace_back(TypeParam::dtype, TypeParam::group_size, rows, cols, values.data(),
-                           TypeParam::int8_offset);
+      weights.emplace_back(TypeParam::dtype, TypeParam::group_size, rows, cols, values.data());
     }
     testing::MisalignedFloats x(T * cols), bias(64);
     this->FillNormal(x.data(), T * cols);
@@ -314,33 +305,6 @@ TYPED_TEST(MatMulTest, EverySimdTarget) {
       this->Check(pool, 140, 9, cols, false);
     }
   });
-}
-
-class MatMulInt8OffsetTest : public testing::SeededTest {};
-
-TEST_F(MatMulInt8OffsetTest, SameProductsAsTwosComplement) {
-  // Where the VNNI kernels take offset int8 they compute the same integer
-  // sums bit for bit; elsewhere offset int8 takes the prefill path, equal to
-  // f32 rounding.
-  ThreadPool pool(2);
-  const int64_t rows = 45, cols = 2048 + 300;
-  const std::vector<float> values = Normal(rows * cols, 0.05f);
-  TestWeights twos(DType::kI8, 0, rows, cols, values.data());
-  TestWeights offset(DType::kI8, 0, rows, cols, values.data(), true);
-  for (int64_t T : {1, 2, 5, 40, 130}) {
-    SCOPED_TRACE(::testing::Message() << "T=" << T);
-    testing::MisalignedFloats x(T * cols), bias(rows);
-    FillNormal(x.data(), T * cols);
-    FillNormal(bias.data(), rows);
-    std::vector<float> want(static_cast<size_t>(T * rows)), got(want.size());
-    MatMul(pool, x.data(), T, twos.view(), bias.data(), want.data());
-    MatMul(pool, x.data(), T, offset.view(), bias.data(), got.data());
-    if (PrefersInt8Offset()) {
-      EXPECT_EQ(want, got);
-    } else {
-      EXPECT_LT(testing::RelativeL2(got.data(), want.data(), T * rows), kF32Tolerance);
-    }
-  }
 }
 
 class MatMulColumnBlocksTest : public testing::SeededTest {};

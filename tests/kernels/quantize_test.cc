@@ -40,32 +40,6 @@ TEST_F(QuantizeTest, Int8PerRowRoundTrip) {
   }
 }
 
-TEST_F(QuantizeTest, Int8OffsetIsTheSameQuantizationPlus128) {
-  // A zero row as well, whose offset bytes are 128.
-  const int64_t rows = 5, cols = 77;
-  std::vector<float> w = Normal(rows * cols);
-  for (int64_t c = 0; c < cols; ++c) w[2 * cols + c] = 0.0f;
-  std::vector<int8_t> q(static_cast<size_t>(rows * cols)), offset(q.size());
-  std::vector<float> scales(static_cast<size_t>(rows)), offset_scales(scales.size());
-  QuantizeInt8PerRow(w.data(), rows, cols, q.data(), scales.data());
-  QuantizeInt8PerRow(w.data(), rows, cols, offset.data(), offset_scales.data(), true);
-  EXPECT_EQ(scales, offset_scales);
-  for (size_t i = 0; i < q.size(); ++i) {
-    ASSERT_EQ(static_cast<uint8_t>(offset[i]), static_cast<uint8_t>(q[i] + 128)) << "at " << i;
-  }
-  const WeightMatrix view{
-      .dtype = DType::kI8, .rows = rows, .cols = cols, .data = q.data(), .scales = scales.data()};
-  WeightMatrix offset_view = view;
-  offset_view.data = offset.data();
-  offset_view.int8_offset = true;
-  std::vector<float> want(static_cast<size_t>(cols)), got(want.size());
-  for (int64_t r = 0; r < rows; ++r) {
-    DequantizeRow(view, r, want.data());
-    DequantizeRow(offset_view, r, got.data());
-    ASSERT_EQ(want, got) << "row " << r;
-  }
-}
-
 TEST_F(QuantizeTest, Int8RoundsHalfAwayFromZero) {
   // absmax 127 -> scale 1, so values are rounded to integers directly.
   const float w[] = {127.0f, 2.5f, -2.5f, 0.49f, -0.5f, 1.5f};

@@ -191,36 +191,6 @@ TEST_F(ModelWeightsTest, CpuLayoutOwnsTheSameRows) {
   }
 }
 
-TEST_F(ModelWeightsTest, CpuLayoutInt8IsOffsetWhereTheKernelsPreferIt) {
-  // The whole tied model: embedding, layers and the head that shares it.
-  const WeightLoadOptions plain_options{.range = {.layer_begin = 0, .layer_end = 3},
-                                        .quantize = WeightQuantization::kInt8};
-  WeightLoadOptions cpu_options = plain_options;
-  cpu_options.cpu_layout = true;
-  ModelSpec spec;
-  auto plain = Load("tied", plain_options, &spec);
-  auto cpu = Load("tied", cpu_options);
-  ASSERT_TRUE(plain && cpu);
-  const StageWeights& p = plain->rank(0);
-  const StageWeights& c = cpu->rank(0);
-  const std::pair<const cpu::WeightMatrix*, const cpu::WeightMatrix*> pairs[] = {
-      {&p.embedding, &c.embedding},
-      {&p.layers[1].q, &c.layers[1].q},
-      {&p.layers[1].down, &c.layers[1].down},
-      {&p.lm_head, &c.lm_head}};
-  for (const auto& [want, got] : pairs) {
-    ASSERT_EQ(got->dtype, DType::kI8);
-    EXPECT_FALSE(want->int8_offset);  // GPU stages upload two's complement
-    EXPECT_EQ(got->int8_offset, cpu::PrefersInt8Offset());
-    std::vector<float> want_row(static_cast<size_t>(want->cols)), got_row(want_row.size());
-    for (int64_t row : {int64_t{0}, want->rows - 1}) {
-      cpu::DequantizeRow(*want, row, want_row.data());
-      cpu::DequantizeRow(*got, row, got_row.data());
-      ASSERT_EQ(want_row, got_row) << "row " << row;
-    }
-  }
-}
-
 TEST_F(ModelWeightsTest, BadRangesAndSplitsAreErrors) {
   ModelSpec spec = LoadModelSpec(*dir_ / "untied").value();
   auto checkpoint =
