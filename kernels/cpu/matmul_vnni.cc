@@ -70,12 +70,13 @@ constexpr int64_t kI8RecordBytes = 2 * kI8PlaneBytes + 64 + 64;
 constexpr float kI4QMax = 127.0f;
 constexpr int64_t kI4ChunkInputs = 128;
 constexpr int64_t kI4BlockInputs = 32;
+constexpr int64_t kI4BlocksPerChunk = kI4ChunkInputs / kI4BlockInputs;  // steps per chunk
 
 // Where the steps and the group bias terms of a token's int4 record start,
 // in bytes from the record, for rows of `chunks` chunks.
 constexpr int64_t I4StepsOffset(int64_t chunks) { return chunks * kI4ChunkInputs; }
 constexpr int64_t I4GroupBiasOffset(int64_t chunks) {
-  return I4StepsOffset(chunks) + chunks * 4 * static_cast<int64_t>(sizeof(float));
+  return I4StepsOffset(chunks) + chunks * kI4BlocksPerChunk * static_cast<int64_t>(sizeof(float));
 }
 
 struct QuantizedX {
@@ -359,10 +360,10 @@ HWY_NOINLINE void QuantizeActivations(const float* x, int64_t T, int64_t cols, i
       std::fill(group_bias, group_bias + (num_groups + 15) / 16 * 16, 0.0f);
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t c0 = c * kI4ChunkInputs;
-        float block_bias[4];
-        QuantizeChunkI4(xt + c0, std::min(kI4ChunkInputs, cols - c0), planes + c0, steps + 4 * c,
-                        block_bias);
-        for (int64_t b = 0; b < 4 && c0 + b * kI4BlockInputs < cols; ++b) {
+        float block_bias[kI4BlocksPerChunk];
+        QuantizeChunkI4(xt + c0, std::min(kI4ChunkInputs, cols - c0), planes + c0,
+                        steps + kI4BlocksPerChunk * c, block_bias);
+        for (int64_t b = 0; b < kI4BlocksPerChunk && c0 + b * kI4BlockInputs < cols; ++b) {
           group_bias[(c0 + b * kI4BlockInputs) / group_size] += block_bias[b];
         }
       }
