@@ -26,12 +26,15 @@ Status CheckName(std::string_view name) {
   return absl::OkStatus();
 }
 
-Status SetAddress(std::string_view text, std::string* out, bool allow_empty) {
+// `allow_empty`: an empty text clears the address; `allow_port_zero`: a
+// listen address, where port 0 asks for a free one.
+Status SetAddress(std::string_view text, std::string* out, bool allow_empty,
+                  bool allow_port_zero = false) {
   if (text.empty() && allow_empty) {
     out->clear();
     return absl::OkStatus();
   }
-  RETURN_IF_ERROR(ParseHostPort(text).status());
+  RETURN_IF_ERROR(ParseHostPort(text, allow_port_zero).status());
   *out = std::string(text);
   return absl::OkStatus();
 }
@@ -79,8 +82,8 @@ std::vector<Field> MakeFields() {
                                         return absl::OkStatus();
                                       }));
   f.push_back(ScalarField<NodeConfig>(
-      "listen", "gRPC listen address host:port",
-      [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->listen, false); }));
+      "listen", "gRPC listen address host:port (port 0: a free one, advertised as bound)",
+      [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->listen, false, true); }));
   f.push_back(ScalarField<NodeConfig>(
       "advertise", "address other machines dial (host:port)",
       [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->advertise, true); }));

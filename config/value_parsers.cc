@@ -90,7 +90,7 @@ std::string HostPort::ToString() const {
   return absl::StrCat(host, ":", port);
 }
 
-StatusOr<HostPort> ParseHostPort(std::string_view text) {
+StatusOr<HostPort> ParseHostPort(std::string_view text, bool allow_port_zero) {
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected host:port, got ", Quote(text), " (", std::string(why), ")"));
@@ -115,8 +115,11 @@ StatusOr<HostPort> ParseHostPort(std::string_view text) {
   for (char c : hp.host) {
     if (c == ' ' || c == '/' || c == '\t') return bad("the host holds a space or a slash");
   }
-  auto port = ParseInteger(port_text, 1, 65535);
-  if (!port.ok()) return bad("the port must be an integer in [1, 65535]");
+  auto port = ParseInteger(port_text, allow_port_zero ? 0 : 1, 65535);
+  if (!port.ok()) {
+    return bad(allow_port_zero ? "the port must be an integer in [0, 65535]"
+                               : "the port must be an integer in [1, 65535]");
+  }
   hp.port = static_cast<int>(*port);
   return hp;
 }

@@ -20,14 +20,15 @@ std::string FormatByteSize(uint64_t bytes);
 // A decimal integer in [min, max].
 StatusOr<int64_t> ParseInteger(std::string_view text, int64_t min, int64_t max);
 
-// "host:port" or "[v6addr]:port" with a port in [1, 65535]; the host may be
-// a name or an address and must not be empty.
+// "host:port" or "[v6addr]:port" with a port in [1, 65535] (or 0, where the
+// caller listens and port 0 asks for a free one); the host may be a name or
+// an address and must not be empty.
 struct HostPort {
   std::string host;
   int port = 0;
   std::string ToString() const;
 };
-StatusOr<HostPort> ParseHostPort(std::string_view text);
+StatusOr<HostPort> ParseHostPort(std::string_view text, bool allow_port_zero = false);
 
 // One of `choices`, exactly.
 Status CheckChoice(std::string_view text, const std::vector<std::string_view>& choices);

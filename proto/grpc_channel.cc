@@ -43,6 +43,10 @@ void ConfigureServerBuilder(grpc::ServerBuilder& builder) {
   builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
   BuilderArgs args{builder};
   ApplyLinkArguments(args);
+  // gRPC sets SO_REUSEPORT by default: a second coordinator or node started on
+  // a port another process of the same user listens on would bind too, and the
+  // kernel would split the connections between them. Taken must mean refused.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
 }
 
 void RetainLargeBufferMemory() {

@@ -85,6 +85,15 @@ TEST(NodeConfigTest, ErrorsNameTheFileLineAndKey) {
 
   err = ErrorOf("listen: nowhere\n");
   EXPECT_NE(err.find("listen"), std::string::npos) << err;
+  // Port 0 asks the node to pick a free port to listen on; a port to dial
+  // must be a real one.
+  auto any = ParseNodeConfig("listen: 127.0.0.1:0\n", "node.yaml");
+  ASSERT_TRUE(any.ok()) << any.status();
+  EXPECT_EQ(any->listen, "127.0.0.1:0");
+  err = ErrorOf("coordinator: 127.0.0.1:0\n");
+  EXPECT_NE(err.find("coordinator"), std::string::npos) << err;
+  err = ErrorOf("advertise: 10.0.0.5:0\n");
+  EXPECT_NE(err.find("advertise"), std::string::npos) << err;
 
   err = ErrorOf("devices: [cpu, \"cuda:0\"]\n");
   EXPECT_NE(err.find("devices"), std::string::npos) << err;

@@ -50,6 +50,12 @@ TEST(ValueParsersTest, ParsesHostPort) {
        {"localhost", ":80", "host:0", "host:70000", "host:x", "::1:80", "a b:80", "[::1]80"}) {
     EXPECT_FALSE(ParseHostPort(bad).ok()) << bad;
   }
+  // A listen address may ask for a free port.
+  auto any = ParseHostPort("127.0.0.1:0", /*allow_port_zero=*/true);
+  ASSERT_TRUE(any.ok()) << any.status();
+  EXPECT_EQ(any->port, 0);
+  EXPECT_FALSE(ParseHostPort("host:-1", true).ok());
+  EXPECT_FALSE(ParseHostPort("host:65536", true).ok());
 }
 
 TEST(ValueParsersTest, ChecksChoices) {

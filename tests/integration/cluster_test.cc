@@ -66,15 +66,23 @@ class ClusterTest : public ::testing::Test {
     }
   }
 
+  // Each node listens on a port it picks itself (port 0), so no other
+  // process can take it between a pick here and the node's bind.
   std::unique_ptr<Process> StartNode(const std::string& name, const std::string& token,
                                      const std::string& model = "") {
     std::vector<std::string> argv = {BinaryPath("tandem-node"),
-                                     "--coordinator", coordinator_addr_,
-                                     "--listen",      "127.0.0.1:" + std::to_string(FreePort()),
-                                     "--model",       model.empty() ? Model() : model,
-                                     "--name",        name,
-                                     "--threads",     "1",
-                                     "--kv-budget",   "64MiB"};
+                                     "--coordinator",
+                                     coordinator_addr_,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--model",
+                                     model.empty() ? Model() : model,
+                                     "--name",
+                                     name,
+                                     "--threads",
+                                     "1",
+                                     "--kv-budget",
+                                     "64MiB"};
     if (!token.empty()) argv.insert(argv.end(), {"--cluster-token", token});
     return std::make_unique<Process>(argv, (*dir_ / (name + ".log")).string());
   }
@@ -95,7 +103,17 @@ class ClusterTest : public ::testing::Test {
       ASSERT_TRUE(coordinator_->Running()) << coordinator_->Log();
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    FAIL() << "the cluster did not become ready\n" << coordinator_->Log();
+    FAIL() << "the cluster did not become ready\n" << coordinator_->Log() << NodeLogs();
+  }
+
+  // Each node's state and log, for a failure message.
+  std::string NodeLogs() {
+    std::string logs;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      logs += "--- node " + std::to_string(i) +
+              (nodes_[i]->Running() ? " (running)\n" : " (exited)\n") + nodes_[i]->Log();
+    }
+    return logs;
   }
 
   json Generate(const std::string& prompt, int max_tokens, CommandResult* raw = nullptr,

@@ -124,5 +124,18 @@ TEST(GrpcEchoServerTest, StopsCleanlyWithAcceptsPendingAndAfterACall) {
   }
 }
 
+// A port another server listens on is refused, not shared: with
+// SO_REUSEPORT both would bind and the kernel would split the connections.
+TEST(GrpcEchoServerTest, PortInUseIsRefused) {
+  auto first = StartGrpcEchoServer("127.0.0.1:0", ServerHello());
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::string address = absl::StrCat("127.0.0.1:", first->port);
+  auto second = StartGrpcEchoServer(address, ServerHello());
+  ASSERT_FALSE(second.ok());
+  EXPECT_NE(second.status().message().find(address), std::string::npos) << second.status();
+  auto conn = ConnectGrpcEcho(address, ClientHello());
+  EXPECT_TRUE(conn.ok()) << conn.status();
+}
+
 }  // namespace
 }  // namespace tandem
