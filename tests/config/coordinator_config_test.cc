@@ -74,6 +74,14 @@ TEST(CoordinatorConfigTest, ErrorsNameTheFileLineAndKey) {
   err = ErrorOf("codec:\n  links:\n    - {from: a, to: b, codec: lz4, level: 3}\n");
   EXPECT_NE(err.find("codec.links[0].level"), std::string::npos) << err;
 
+  // Listen addresses may ask for a free port (logged once bound); others not.
+  auto any = ParseCoordinatorConfig("listen: 127.0.0.1:0\nhttp: 127.0.0.1:0\n", "coord.yaml");
+  ASSERT_TRUE(any.ok()) << any.status();
+  EXPECT_EQ(any->listen, "127.0.0.1:0");
+  EXPECT_EQ(any->http, "127.0.0.1:0");
+  err = ErrorOf("listen: 127.0.0.1:65536\n");
+  EXPECT_NE(err.find("[0, 65535]"), std::string::npos) << err;
+
   err = ErrorOf("nodes: 0\n");
   EXPECT_NE(err.find("nodes"), std::string::npos) << err;
   EXPECT_NE(err.find("out of range"), std::string::npos) << err;

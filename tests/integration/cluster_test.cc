@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <future>
 #include <memory>
@@ -50,17 +51,24 @@ class ClusterTest : public ::testing::Test {
   }
   static std::string Model(const std::string& name = "model") { return (*dir_ / name).string(); }
 
-  // Starts a coordinator waiting for `nodes` nodes, and those nodes.
+  // Starts a coordinator waiting for `nodes` nodes, and those nodes. The
+  // coordinator listens on a port it picks itself (port 0), which its log
+  // names, so no other process can take the port before it binds.
   void Start(int nodes, const std::string& token = "", const std::string& model = "",
              const std::vector<std::string>& extra = {}) {
-    coordinator_addr_ = "127.0.0.1:" + std::to_string(FreePort());
     const std::string dir = model.empty() ? Model() : model;
-    std::vector<std::string> argv = {BinaryPath("tandem-coordinator"), "--model", dir,
-                                     "--listen", coordinator_addr_, "--nodes",
+    std::vector<std::string> argv = {BinaryPath("tandem-coordinator"),
+                                     "--model",
+                                     dir,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--nodes",
                                      std::to_string(nodes)};
     if (!token.empty()) argv.insert(argv.end(), {"--cluster-token", token});
     argv.insert(argv.end(), extra.begin(), extra.end());
     coordinator_ = std::make_unique<Process>(argv, (*dir_ / "coordinator.log").string());
+    coordinator_addr_ = "127.0.0.1:" + std::to_string(BoundPort(*coordinator_));
+    ASSERT_NE(coordinator_addr_, "127.0.0.1:0") << coordinator_->Log();
     for (int i = 0; i < nodes; ++i) {
       nodes_.push_back(StartNode("node" + std::to_string(i), token, dir));
     }
@@ -104,6 +112,25 @@ class ClusterTest : public ::testing::Test {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     FAIL() << "the cluster did not become ready\n" << coordinator_->Log() << NodeLogs();
+  }
+
+  // The port a coordinator logs once it listens; 0 if it exits or says
+  // nothing within a minute.
+  static int BoundPort(Process& coordinator) {
+    static const std::string kMark = "listening on port ";
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      const std::string log = coordinator.Log();
+      // The whole number, followed by the rest of its line.
+      if (size_t at = log.find(kMark); at != std::string::npos) {
+        char* end = nullptr;
+        const long port = std::strtol(log.c_str() + at + kMark.size(), &end, 10);
+        if (*end == ';') return static_cast<int>(port);
+      }
+      if (!coordinator.Running()) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return 0;
   }
 
   // Each node's state and log, for a failure message.

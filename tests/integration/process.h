@@ -40,8 +40,6 @@ struct CommandResult {
 // Runs argv to completion (killed after `timeout_s`).
 CommandResult RunCommand(const std::vector<std::string>& argv, double timeout_s = 120);
 
-// A TCP port on 127.0.0.1 that was free a moment ago.
-int FreePort();
 // $TANDEM_BINARY_DIR/bin/<name>, $TANDEM_SOURCE_DIR/<path>.
 std::string BinaryPath(const std::string& name);
 std::string SourcePath(const std::string& path);
