@@ -15,14 +15,6 @@ constexpr int kMaxNodes = 1024;
 const std::vector<std::string_view> kLogLevels = {"trace", "debug", "info", "warn", "error", "off"};
 const std::vector<std::string_view> kChatTemplates = {"llama3", "llama2", "chatml", "mistral"};
 
-// A listen address (gRPC or HTTP): port 0 asks for a free one, which the
-// coordinator logs once bound.
-Status SetListenAddress(std::string_view text, std::string* out) {
-  RETURN_IF_ERROR(ParseHostPort(text, /*allow_port_zero=*/true).status());
-  *out = std::string(text);
-  return absl::OkStatus();
-}
-
 Status SetInt(std::string_view text, int64_t min, int64_t max, int* out) {
   ASSIGN_OR_RETURN(int64_t v, ParseInteger(text, min, max));
   *out = static_cast<int>(v);
@@ -156,9 +148,11 @@ Status CodecFromYaml(const std::string& file, const YAML::Node& value, Config* c
 
 std::vector<Field> MakeFields() {
   std::vector<Field> f;
-  f.push_back(ScalarField<Config>(
-      "listen", "gRPC listen address host:port (port 0: a free one, logged)",
-      [](std::string_view t, Config* c) { return SetListenAddress(t, &c->listen); }));
+  f.push_back(ScalarField<Config>("listen",
+                                  "gRPC listen address host:port (port 0: a free one, logged)",
+                                  [](std::string_view t, Config* c) {
+                                    return SetHostPort(t, AddressUse::kListen, &c->listen);
+                                  }));
   f.push_back(ScalarField<Config>(
       "http",
       "HTTP API and dashboard listen address host:port (empty: off; port 0: a free one, logged)",
@@ -167,7 +161,7 @@ std::vector<Field> MakeFields() {
           c->http.clear();
           return absl::OkStatus();
         }
-        return SetListenAddress(t, &c->http);
+        return SetHostPort(t, AddressUse::kListen, &c->http);
       }));
   f.push_back(ScalarField<Config>("api_key", "bearer token required by the HTTP API",
                                   [](std::string_view t, Config* c) {

@@ -26,19 +26,6 @@ Status CheckName(std::string_view name) {
   return absl::OkStatus();
 }
 
-// `allow_empty`: an empty text clears the address; `allow_port_zero`: a
-// listen address, where port 0 asks for a free one.
-Status SetAddress(std::string_view text, std::string* out, bool allow_empty,
-                  bool allow_port_zero = false) {
-  if (text.empty() && allow_empty) {
-    out->clear();
-    return absl::OkStatus();
-  }
-  RETURN_IF_ERROR(ParseHostPort(text, allow_port_zero).status());
-  *out = std::string(text);
-  return absl::OkStatus();
-}
-
 std::vector<std::string> SplitDevices(std::string_view text) {
   // "cuda:0,1" is one item; "cpu" another. Items are separated by spaces or ';'.
   std::vector<std::string> items;
@@ -83,13 +70,21 @@ std::vector<Field> MakeFields() {
                                       }));
   f.push_back(ScalarField<NodeConfig>(
       "listen", "gRPC listen address host:port (port 0: a free one, advertised as bound)",
-      [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->listen, false, true); }));
-  f.push_back(ScalarField<NodeConfig>(
-      "advertise", "address other machines dial (host:port)",
-      [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->advertise, true); }));
-  f.push_back(ScalarField<NodeConfig>(
-      "coordinator", "coordinator address host:port",
-      [](std::string_view t, NodeConfig* c) { return SetAddress(t, &c->coordinator, false); }));
+      [](std::string_view t, NodeConfig* c) {
+        return SetHostPort(t, AddressUse::kListen, &c->listen);
+      }));
+  f.push_back(ScalarField<NodeConfig>("advertise", "address other machines dial (host:port)",
+                                      [](std::string_view t, NodeConfig* c) {
+                                        if (t.empty()) {
+                                          c->advertise.clear();
+                                          return absl::OkStatus();
+                                        }
+                                        return SetHostPort(t, AddressUse::kDial, &c->advertise);
+                                      }));
+  f.push_back(ScalarField<NodeConfig>("coordinator", "coordinator address host:port",
+                                      [](std::string_view t, NodeConfig* c) {
+                                        return SetHostPort(t, AddressUse::kDial, &c->coordinator);
+                                      }));
   Field devices;
   devices.key = "devices";
   devices.help =

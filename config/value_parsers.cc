@@ -90,7 +90,7 @@ std::string HostPort::ToString() const {
   return absl::StrCat(host, ":", port);
 }
 
-StatusOr<HostPort> ParseHostPort(std::string_view text, bool allow_port_zero) {
+StatusOr<HostPort> ParseHostPort(std::string_view text, AddressUse use) {
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected host:port, got ", Quote(text), " (", std::string(why), ")"));
@@ -115,13 +115,18 @@ StatusOr<HostPort> ParseHostPort(std::string_view text, bool allow_port_zero) {
   for (char c : hp.host) {
     if (c == ' ' || c == '/' || c == '\t') return bad("the host holds a space or a slash");
   }
-  auto port = ParseInteger(port_text, allow_port_zero ? 0 : 1, 65535);
-  if (!port.ok()) {
-    return bad(allow_port_zero ? "the port must be an integer in [0, 65535]"
-                               : "the port must be an integer in [1, 65535]");
-  }
+  const int64_t min_port = use == AddressUse::kListen ? 0 : 1;
+  auto port = ParseInteger(port_text, min_port, 65535);
+  if (!port.ok())
+    return bad(absl::StrCat("the port must be an integer in [", min_port, ", 65535]"));
   hp.port = static_cast<int>(*port);
   return hp;
+}
+
+Status SetHostPort(std::string_view text, AddressUse use, std::string* out) {
+  RETURN_IF_ERROR(ParseHostPort(text, use).status());
+  *out = std::string(text);
+  return absl::OkStatus();
 }
 
 Status CheckChoice(std::string_view text, const std::vector<std::string_view>& choices) {

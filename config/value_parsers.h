@@ -20,15 +20,21 @@ std::string FormatByteSize(uint64_t bytes);
 // A decimal integer in [min, max].
 StatusOr<int64_t> ParseInteger(std::string_view text, int64_t min, int64_t max);
 
-// "host:port" or "[v6addr]:port" with a port in [1, 65535] (or 0, where the
-// caller listens and port 0 asks for a free one); the host may be a name or
-// an address and must not be empty.
+// What an address is for: one to dial needs a real port; one to listen on
+// may ask for a free port with port 0.
+enum class AddressUse { kDial, kListen };
+
+// "host:port" or "[v6addr]:port" with a port in [1, 65535] ([0, 65535] to
+// listen on); the host may be a name or an address and must not be empty.
 struct HostPort {
   std::string host;
   int port = 0;
   std::string ToString() const;
 };
-StatusOr<HostPort> ParseHostPort(std::string_view text, bool allow_port_zero = false);
+StatusOr<HostPort> ParseHostPort(std::string_view text, AddressUse use = AddressUse::kDial);
+
+// Stores `text` in *out where ParseHostPort(text, use) accepts it.
+Status SetHostPort(std::string_view text, AddressUse use, std::string* out);
 
 // One of `choices`, exactly.
 Status CheckChoice(std::string_view text, const std::vector<std::string_view>& choices);

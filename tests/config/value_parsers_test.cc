@@ -51,11 +51,11 @@ TEST(ValueParsersTest, ParsesHostPort) {
     EXPECT_FALSE(ParseHostPort(bad).ok()) << bad;
   }
   // A listen address may ask for a free port.
-  auto any = ParseHostPort("127.0.0.1:0", /*allow_port_zero=*/true);
+  auto any = ParseHostPort("127.0.0.1:0", AddressUse::kListen);
   ASSERT_TRUE(any.ok()) << any.status();
   EXPECT_EQ(any->port, 0);
-  EXPECT_FALSE(ParseHostPort("host:-1", true).ok());
-  EXPECT_FALSE(ParseHostPort("host:65536", true).ok());
+  EXPECT_FALSE(ParseHostPort("host:-1", AddressUse::kListen).ok());
+  EXPECT_FALSE(ParseHostPort("host:65536", AddressUse::kListen).ok());
 }
 
 TEST(ValueParsersTest, ChecksChoices) {
