@@ -157,11 +157,7 @@ std::vector<Field> MakeFields() {
       "http",
       "HTTP API and dashboard listen address host:port (empty: off; port 0: a free one, logged)",
       [](std::string_view t, Config* c) {
-        if (t.empty()) {
-          c->http.clear();
-          return absl::OkStatus();
-        }
-        return SetHostPort(t, AddressUse::kListen, &c->http);
+        return SetHostPort(t, AddressUse::kListen, &c->http, /*optional=*/true);
       }));
   f.push_back(ScalarField<Config>("api_key", "bearer token required by the HTTP API",
                                   [](std::string_view t, Config* c) {

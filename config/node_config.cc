@@ -75,11 +75,8 @@ std::vector<Field> MakeFields() {
       }));
   f.push_back(ScalarField<NodeConfig>("advertise", "address other machines dial (host:port)",
                                       [](std::string_view t, NodeConfig* c) {
-                                        if (t.empty()) {
-                                          c->advertise.clear();
-                                          return absl::OkStatus();
-                                        }
-                                        return SetHostPort(t, AddressUse::kDial, &c->advertise);
+                                        return SetHostPort(t, AddressUse::kDial, &c->advertise,
+                                                           /*optional=*/true);
                                       }));
   f.push_back(ScalarField<NodeConfig>("coordinator", "coordinator address host:port",
                                       [](std::string_view t, NodeConfig* c) {

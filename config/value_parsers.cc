@@ -123,7 +123,11 @@ StatusOr<HostPort> ParseHostPort(std::string_view text, AddressUse use) {
   return hp;
 }
 
-Status SetHostPort(std::string_view text, AddressUse use, std::string* out) {
+Status SetHostPort(std::string_view text, AddressUse use, std::string* out, bool optional) {
+  if (optional && text.empty()) {
+    out->clear();
+    return absl::OkStatus();
+  }
   RETURN_IF_ERROR(ParseHostPort(text, use).status());
   *out = std::string(text);
   return absl::OkStatus();

@@ -33,8 +33,9 @@ struct HostPort {
 };
 StatusOr<HostPort> ParseHostPort(std::string_view text, AddressUse use = AddressUse::kDial);
 
-// Stores `text` in *out where ParseHostPort(text, use) accepts it.
-Status SetHostPort(std::string_view text, AddressUse use, std::string* out);
+// Stores `text` in *out where ParseHostPort(text, use) accepts it; with
+// `optional`, an empty text clears *out (the address is off or derived).
+Status SetHostPort(std::string_view text, AddressUse use, std::string* out, bool optional = false);
 
 // One of `choices`, exactly.
 Status CheckChoice(std::string_view text, const std::vector<std::string_view>& choices);
