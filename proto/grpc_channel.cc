@@ -25,10 +25,27 @@ struct BuilderArgs {
   grpc::ServerBuilder& builder;
   void SetInt(const char* key, int value) { builder.AddChannelArgument(key, value); }
 };
+
+// A call that finds no connection is tried again, for about 1.1 s in
+// all, so that one failed connect to a peer that is up does not fail it. Such
+// failures are not only a peer's restart: Debian 12's gRPC (1.51) can report
+// a connect that is still in progress as failed ("No such file or
+// directory"), because it reads errno after calls that may overwrite it.
+// gRPC tries a call again only while it has had no answer (the first response
+// commits it), so a stream that has started is never replayed. The channel
+// connects again 100 ms after a failure rather than gRPC's 1 s, so that the
+// new connection comes within that window.
+constexpr char kRetryServiceConfig[] = R"({"methodConfig": [{
+  "name": [{}],
+  "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "0.4s",
+                  "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+constexpr int kReconnectBackoffMs = 100;
 }  // namespace
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kRetryServiceConfig);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kReconnectBackoffMs);
   args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
   args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
   // A private channel per connection: streams of different links never share

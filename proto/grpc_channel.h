@@ -1,6 +1,7 @@
 #pragma once
 // gRPC settings shared by every tandem channel and server: message size
-// limits that fit the largest chunk, and TCP settings for latency.
+// limits that fit the largest chunk, TCP settings for latency, and on
+// channels a retry of calls that find no connection (grpc_channel.cc).
 #include <memory>
 #include <string>
 

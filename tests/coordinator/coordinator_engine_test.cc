@@ -212,11 +212,18 @@ TEST_F(EngineTest, ANodeThatDiesFailsInFlightRequestsAndTheCoordinatorLivesOn) {
     running.push_back(
         std::async(std::launch::async, [this] { return Generate(Request({7, 8}, 100000)); }));
   }
-  ASSERT_EQ(started_future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  if (started_future.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    last->Kill();  // ends the requests, so that the futures can be read
+    const Answer a = running[0].get();
+    FAIL() << "the first request had no answer in 10 s; it ended with status "
+           << a.status.error_code() << " '" << a.status.error_message() << "', finish reason '"
+           << a.finish_reason << "', error '" << a.error << "'";
+  }
   last->Kill();
   for (auto& f : running) {
     Answer a = f.get();
-    EXPECT_EQ(a.finish_reason, "error");
+    EXPECT_EQ(a.finish_reason, "error")
+        << "status " << a.status.error_code() << " '" << a.status.error_message() << "'";
     EXPECT_FALSE(a.error.empty());
     EXPECT_LT(a.tokens.size(), 100000u);
   }

@@ -177,6 +177,12 @@ class FakeNode final : public v1::Node::Service {
     grpc::ClientContext down_context;
     std::unique_ptr<grpc::ClientReaderWriter<v1::ForwardRequest, v1::ForwardResponse>> down;
     std::thread relay;
+    // The relay and this loop both answer up the stream: one write at a time.
+    std::mutex up_mu;
+    auto write_up = [&](const v1::ForwardResponse& r) {
+      std::lock_guard<std::mutex> lock(up_mu);
+      up->Write(r);
+    };
     if (!last) {
       stub = v1::Node::NewStub(MakeChannel(a.next_stage()));
       down = stub->Forward(&down_context);
@@ -189,7 +195,7 @@ class FakeNode final : public v1::Node::Service {
       // Results travel back up; if the next stage goes away, so does this stream.
       relay = std::thread([&] {
         v1::ForwardResponse r;
-        while (down->Read(&r)) up->Write(r);
+        while (down->Read(&r)) write_up(r);
         context->TryCancel();
       });
     }
@@ -203,7 +209,7 @@ class FakeNode final : public v1::Node::Service {
       if (last || !result.error().empty()) {
         v1::ForwardResponse out;
         *out.mutable_result() = std::move(result);
-        up->Write(out);
+        write_up(out);
       } else {
         down->Write(request);
       }

@@ -1,10 +1,18 @@
-// Echo round trips over real gRPC and raw TCP on loopback (free ports).
-#include <gtest/gtest.h>
+// Echo round trips over real gRPC and raw TCP on loopback (free ports), and
+// the retry of a call whose first connect fails.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <future>
 #include <random>
+#include <thread>
 
 #include "grpcpp/server.h"
+#include "gtest/gtest.h"
 #include "proto/activation_sample.h"
 #include "proto/echo_client.h"
 #include "proto/echo_service.h"
@@ -135,6 +143,34 @@ TEST(GrpcEchoServerTest, PortInUseIsRefused) {
   EXPECT_NE(second.status().message().find(address), std::string::npos) << second.status();
   auto conn = ConnectGrpcEcho(address, ClientHello());
   EXPECT_TRUE(conn.ok()) << conn.status();
+}
+
+// A call whose first connect fails is tried again: the server comes up on
+// the port 50 ms after the call started and the call succeeds. Without the
+// channel's retry policy it fails at once with "connection refused".
+TEST(GrpcChannelTest, ACallOutlastsAFailedFirstConnect) {
+  // Holds a port whose connects are refused: bound, not listening.
+  const int holder = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(holder, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(holder, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string address = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+
+  auto call =
+      std::async(std::launch::async, [&] { return ConnectGrpcEcho(address, ClientHello()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  close(holder);
+  auto server = StartGrpcEchoServer(address, ServerHello());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto conn = call.get();
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  EXPECT_EQ((*conn)->peer().node_id(), "echo-node");
+  EXPECT_TRUE((*conn)->Close().ok());
+  server->Stop();
 }
 
 }  // namespace
