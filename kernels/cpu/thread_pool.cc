@@ -34,6 +34,10 @@ uint64_t Pack(int64_t first, int64_t last) {
 int64_t First(uint64_t range) { return static_cast<int64_t>(range >> 32); }
 int64_t Last(uint64_t range) { return static_cast<int64_t>(range & 0xFFFFFFFFu); }
 
+// The gate (see ThreadPool::gate_): epoch << 32 | kClosed | workers inside.
+constexpr uint64_t kClosed = uint64_t{1} << 31;
+constexpr uint64_t kInside = kClosed - 1;
+
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -70,20 +74,34 @@ void ThreadPool::Run(int64_t n, int64_t min_chunk, Trampoline fn, void* ctx) {
     shares_[t].range.store(Pack(pieces * t / size_, pieces * (t + 1) / size_),
                            std::memory_order_relaxed);
   }
-  pending_.store(size_ - 1, std::memory_order_relaxed);
-  Publish();  // its seq_cst epoch bump publishes the shares
+  // Only this thread bumps the epoch, so the job's is the next one.
+  const uint32_t epoch = epoch_.load(std::memory_order_relaxed) + 1;
+  gate_.store(uint64_t{epoch} << 32, std::memory_order_relaxed);
+  Publish();  // its seq_cst epoch bump publishes the shares and the gate
 
   tl_inside_parallel_for = true;
   DrainChunks(0);
   tl_inside_parallel_for = false;
-  // Workers that woke late still enter DrainChunks and find it empty; wait for
-  // all of them so the job fields can be reused.
-  // Yield now and then: with more threads than free cores a worker may need
-  // this core to finish.
-  for (int spins = 1; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+  // Every piece is claimed. Close the job, so that a worker that comes to it
+  // now (one that was asleep, or whose core the OS gave to another task)
+  // skips it, and wait for the workers inside, whose pieces are running,
+  // before the job fields can be reused. Yield now and then: with more
+  // threads than free cores a worker may need this core to finish.
+  uint64_t gate = gate_.fetch_or(kClosed, std::memory_order_acq_rel);
+  for (int spins = 1; (gate & kInside) != 0; ++spins) {
     TANDEM_CPU_RELAX();
     if (spins % 256 == 0) std::this_thread::yield();
+    gate = gate_.load(std::memory_order_acquire);
   }
+}
+
+bool ThreadPool::Join(uint32_t epoch) {
+  uint64_t gate = gate_.load(std::memory_order_acquire);
+  do {
+    if (gate >> 32 != epoch || (gate & kClosed) != 0) return false;
+  } while (!gate_.compare_exchange_weak(gate, gate + 1, std::memory_order_acq_rel,
+                                        std::memory_order_acquire));
+  return true;
 }
 
 void ThreadPool::Publish() {
@@ -162,8 +180,9 @@ void ThreadPool::WorkerLoop(int index) {
     }
     seen = now;
     if (stop_.load(std::memory_order_relaxed)) return;
+    if (!Join(now)) continue;  // a job closed before this worker came, or a later one's epoch
     DrainChunks(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    gate_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 

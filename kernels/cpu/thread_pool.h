@@ -37,8 +37,11 @@ class ThreadPool {
   // half of the largest share left. So each thread reads mostly one long
   // contiguous range (what memory-streaming kernels need: their prefetching
   // runs on from piece to piece), and a thread the OS delays is relieved by
-  // the others. A pool of one thread runs fn(0, n) once. At most 2^31 - 1
-  // pieces. `fn` must not throw.
+  // the others. The call waits only for pieces that are running: a worker
+  // that has not come to the call by the time every piece is claimed (one
+  // asleep, or one whose core the OS gave to another task) sits it out. A
+  // pool of one thread runs fn(0, n) once. At most 2^31 - 1 pieces. `fn`
+  // must not throw.
   //
   // Thread-compatibility: one ParallelFor at a time per pool (give each
   // tensor-parallel rank its own pool). A ParallelFor issued from inside
@@ -72,6 +75,7 @@ class ThreadPool {
   void WorkerLoop(int index);
   void DrainChunks(int self);  // runs pieces for thread `self` until none are left
   bool ClaimPiece(int self, int64_t* piece);
+  bool Join(uint32_t epoch);  // enters the job of `epoch` if it is still open
   void Publish();  // makes the job fields visible and wakes sleeping workers
 
   int size_ = 1;
@@ -90,7 +94,12 @@ class ThreadPool {
   };
   std::unique_ptr<Share[]> shares_;
   alignas(64) std::atomic<uint32_t> epoch_{0};
-  alignas(64) std::atomic<int> pending_{0};  // workers still inside the current job
+  // Who takes part in the current job: its epoch (high 32 bits), a bit set
+  // once the caller has closed it (kClosed), and the number of workers inside
+  // (the low bits). A worker joins only an open job of the epoch it saw, so
+  // the caller waits for the workers that joined, never for one the OS has
+  // not run yet.
+  alignas(64) std::atomic<uint64_t> gate_{0};
   alignas(64) std::atomic<bool> stop_{false};
   // Sleeping workers: a worker registers in `sleepers_` before its last look
   // at `epoch_`; Run bumps `epoch_` before reading `sleepers_` (both seq_cst),

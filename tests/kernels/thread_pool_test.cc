@@ -124,6 +124,30 @@ TEST_F(ThreadPoolTest, OthersTakeOverTheShareOfAStuckThread) {
   }
 }
 
+// With many more workers than cores most of them come to a call after its
+// pieces are claimed and sit it out; the calls still cover each index once,
+// and the late workers join the calls that follow.
+TEST_F(ThreadPoolTest, LateWorkersSitOutAndJoinLaterCalls) {
+  ThreadPool pool(32);
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  for (int call = 0; call < 2000; ++call) {
+    ExpectCoversOnce(pool, UniformInt(1, 64), 1);
+    if (HasFatalFailure()) return;
+    if (call % 100 == 0) {  // a call whose pieces wait for the workers to come
+      pool.ParallelFor(
+          32,
+          [&](int64_t, int64_t) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            std::lock_guard<std::mutex> lock(mu);
+            ids.insert(std::this_thread::get_id());
+          },
+          1);
+    }
+  }
+  EXPECT_GE(ids.size(), 2u);
+}
+
 TEST_F(ThreadPoolTest, StaticRangesArePerThreadAndContiguous) {
   ThreadPool pool(3);
   for (int64_t n : {0, 1, 2, 3, 10, 1001}) {
