@@ -77,22 +77,28 @@ TEST_F(ThreadPoolTest, ManySmallCallsCoverEveryIndexOnce) {
   }
 }
 
+// Adds to `ids` the threads that run a call of `pieces` pieces of 1 ms each,
+// long enough for every worker to come.
+void AddThreadsTakingPart(ThreadPool& pool, int64_t pieces, std::set<std::thread::id>& ids) {
+  std::mutex mu;
+  pool.ParallelFor(
+      pieces,
+      [&](int64_t, int64_t) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        std::lock_guard<std::mutex> lock(mu);
+        ids.insert(std::this_thread::get_id());
+      },
+      1);
+}
+
 TEST_F(ThreadPoolTest, LargeRangeAndRunsOnSeveralThreads) {
   ThreadPool pool(4);
   ExpectCoversOnce(pool, 1'000'003, 0);
   ExpectCoversOnce(pool, 100'000, 7);
   // With chunks long enough to overlap, more than one thread takes part.
-  std::mutex mu;
   std::set<std::thread::id> ids;
   for (int attempt = 0; attempt < 50 && ids.size() < 2; ++attempt) {
-    pool.ParallelFor(
-        64,
-        [&](int64_t, int64_t) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          std::lock_guard<std::mutex> lock(mu);
-          ids.insert(std::this_thread::get_id());
-        },
-        1);
+    AddThreadsTakingPart(pool, 64, ids);
   }
   EXPECT_GE(ids.size(), 2u);
 }
@@ -129,21 +135,11 @@ TEST_F(ThreadPoolTest, OthersTakeOverTheShareOfAStuckThread) {
 // and the late workers join the calls that follow.
 TEST_F(ThreadPoolTest, LateWorkersSitOutAndJoinLaterCalls) {
   ThreadPool pool(32);
-  std::mutex mu;
   std::set<std::thread::id> ids;
   for (int call = 0; call < 2000; ++call) {
     ExpectCoversOnce(pool, UniformInt(1, 64), 1);
     if (HasFatalFailure()) return;
-    if (call % 100 == 0) {  // a call whose pieces wait for the workers to come
-      pool.ParallelFor(
-          32,
-          [&](int64_t, int64_t) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
-            std::lock_guard<std::mutex> lock(mu);
-            ids.insert(std::this_thread::get_id());
-          },
-          1);
-    }
+    if (call % 100 == 0) AddThreadsTakingPart(pool, 64, ids);
   }
   EXPECT_GE(ids.size(), 2u);
 }
