@@ -33,15 +33,16 @@ class ThreadPool {
   // [0, n) is cut into pieces of `min_chunk` (the last may be shorter;
   // min_chunk <= 0 means ceil(n / size())), and fn is called once per piece.
   // Each thread starts on its own contiguous share of the pieces and works
-  // through it from the front; a thread whose share is done takes the back
+  // through it from the front, claiming an eighth of what is left of it at a
+  // time (at least one piece); a thread whose share is done takes the back
   // half of the largest share left. So each thread reads mostly one long
   // contiguous range (what memory-streaming kernels need: their prefetching
   // runs on from piece to piece), and a thread the OS delays is relieved by
-  // the others. The call waits only for pieces that are running: a worker
-  // that has not come to the call by the time every piece is claimed (one
-  // asleep, or one whose core the OS gave to another task) sits it out. A
-  // pool of one thread runs fn(0, n) once. At most 2^31 - 1 pieces. `fn`
-  // must not throw.
+  // the others of all but the pieces it has claimed. The call waits only for
+  // claimed pieces: a worker that has not come to the call by the time every
+  // piece is claimed (one asleep, or one whose core the OS gave to another
+  // task) sits it out. A pool of one thread runs fn(0, n) once. At most
+  // 2^31 - 1 pieces. `fn` must not throw.
   //
   // Thread-compatibility: one ParallelFor at a time per pool (give each
   // tensor-parallel rank its own pool). A ParallelFor issued from inside
@@ -74,7 +75,8 @@ class ThreadPool {
   void Run(int64_t n, int64_t min_chunk, Trampoline fn, void* ctx);
   void WorkerLoop(int index);
   void DrainChunks(int self);  // runs pieces for thread `self` until none are left
-  bool ClaimPiece(int self, int64_t* piece);
+  // Claims pieces [*begin, *end) for thread `self`; false when none are left.
+  bool ClaimPieces(int self, int64_t* begin, int64_t* end);
   bool Join(uint32_t epoch);  // enters the job of `epoch` if it is still open
   void Publish();  // makes the job fields visible and wakes sleeping workers
 
