@@ -117,8 +117,9 @@ StatusOr<HostPort> ParseHostPort(std::string_view text, AddressUse use) {
   }
   const int64_t min_port = use == AddressUse::kListen ? 0 : 1;
   auto port = ParseInteger(port_text, min_port, 65535);
-  if (!port.ok())
+  if (!port.ok()) {
     return bad(absl::StrCat("the port must be an integer in [", min_port, ", 65535]"));
+  }
   hp.port = static_cast<int>(*port);
   return hp;
 }
