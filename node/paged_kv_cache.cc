@@ -45,6 +45,12 @@ PagedKvCache::PagedKvCache(const PagedKvCacheOptions& options, int num_blocks)
                            static_cast<size_t>(options.kv_heads_per_rank) *
                            static_cast<size_t>(options.head_dim);  // floats, K or V
   storage_ = AlignedBuffer(BlockBytes(options) * static_cast<size_t>(num_blocks));
+  // Touched now, as a node that has served for a while has touched it: left
+  // to the decode steps, each new page of a growing sequence faulted inside
+  // a step (Llama-3.2-1B int4 decode on a 2-core VM: 0.4 ms of a 35 ms step
+  // in WriteKv, 0.12 ms with the pages resident). The budget counts as
+  // resident memory either way.
+  storage_.Zero();
   float* base = storage_.As<float>();
   for (int r = 0; r < options.tp; ++r) {
     for (int l = 0; l < options.num_layers; ++l) {

@@ -2,7 +2,8 @@
 // The KV cache of one stage: fixed-size blocks of kKvBlockSize tokens handed
 // out to sequences from a free list, one block table per sequence, and the
 // key/value storage of every layer of the stage on every tensor-parallel rank
-// (each rank holds its own kv heads). Capacity comes from a memory budget.
+// (each rank holds its own kv heads). Capacity comes from a memory budget,
+// allocated and touched (resident) at creation.
 //
 // Sequence ids are opaque 64-bit values (they arrive from the network) and
 // are only ever looked up in a map. Not thread-safe: the stage executor

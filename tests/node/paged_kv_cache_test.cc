@@ -1,5 +1,9 @@
 #include "node/paged_kv_cache.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <set>
 #include <vector>
 
@@ -37,6 +41,25 @@ TEST(PagedKvCacheTest, CapacityComesFromTheBudget) {
     }
   }
   EXPECT_EQ(planes.size(), 8u);
+}
+
+TEST(PagedKvCacheTest, StorageIsResidentFromTheStart) {
+  // 16 MiB: fresh pages from the system, which a decode step would otherwise
+  // fault in one by one as its sequences grow.
+  PagedKvCacheOptions o{.num_layers = 16, .tp = 1, .kv_heads_per_rank = 8, .head_dim = 64};
+  o.budget_bytes = size_t{16} << 20;
+  auto cache = PagedKvCache::Create(o);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(cache->Layer(0, 0).k);
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + cache->allocated_bytes()) / page * page;
+  ASSERT_GT(last, first);
+  std::vector<unsigned char> resident((last - first) / page);
+  ASSERT_EQ(mincore(reinterpret_cast<void*>(first), last - first, resident.data()), 0);
+  size_t missing = 0;
+  for (unsigned char r : resident) missing += (r & 1) == 0;
+  EXPECT_EQ(missing, 0u) << "of " << resident.size() << " pages";
 }
 
 TEST(PagedKvCacheTest, BudgetBelowOneBlockIsAnError) {
