@@ -106,8 +106,7 @@ SampledToken SequenceSampler::Sample(std::span<float> logits) {
   ApplyPenalties(logits);
 
   if (params_.temperature == 0.0f) {
-    size_t best = static_cast<size_t>(std::max_element(logits.begin(), logits.end()) -
-                                      logits.begin());
+    const auto best = static_cast<size_t>(cpu::ArgMax(logits.data(), static_cast<int64_t>(n)));
     return finish(static_cast<int32_t>(best), raw_logits_[best]);
   }
   const float inv_t = 1.0f / params_.temperature;

@@ -1,10 +1,12 @@
 // Element-wise and row-wise ops with run-time SIMD dispatch, and their scalar
 // references. Compiled once per SIMD target (hwy/foreach_target.h).
+#include "kernels/cpu/ops.h"
+
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/check.h"
-#include "kernels/cpu/ops.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/ops.cc"
@@ -98,6 +100,40 @@ double LogSumExpImpl(const float* x, int64_t n) {
   return mx + std::log(sum);
 }
 
+// Two passes over x: the largest value, in four accumulators so that the
+// maxima of consecutive vectors do not wait on one another, then the first
+// position that holds it. A plain std::max_element took 0.2 ms of every
+// greedy decode step over Llama 3's 128256 logits.
+int64_t ArgMaxImpl(const float* x, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const VF lowest = hn::Set(df, -std::numeric_limits<float>::infinity());
+  auto load = [&](int64_t i) {  // NaN lanes read as -inf
+    const VF v = hn::LoadU(df, x + i);
+    return hn::IfThenElse(hn::IsNaN(v), lowest, v);
+  };
+  VF m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
+  int64_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    m0 = hn::Max(m0, load(i));
+    m1 = hn::Max(m1, load(i + N));
+    m2 = hn::Max(m2, load(i + 2 * N));
+    m3 = hn::Max(m3, load(i + 3 * N));
+  }
+  for (; i + N <= n; i += N) m0 = hn::Max(m0, load(i));
+  float mx = hn::GetLane(hn::MaxOfLanes(df, hn::Max(hn::Max(m0, m1), hn::Max(m2, m3))));
+  for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  const VF vmx = hn::Set(df, mx);
+  for (i = 0; i + N <= n; i += N) {
+    const auto hit = hn::Eq(hn::LoadU(df, x + i), vmx);
+    if (!hn::AllFalse(df, hit)) return i + static_cast<int64_t>(hn::FindKnownFirstTrue(df, hit));
+  }
+  for (; i < n; ++i) {
+    if (x[i] == mx) return i;
+  }
+  return 0;  // every value is NaN
+}
+
 void SoftmaxImpl(float* x, int64_t n) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
@@ -122,6 +158,7 @@ HWY_EXPORT(AddInPlaceImpl);
 HWY_EXPORT(SiluMulImpl);
 HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(LogSumExpImpl);
+HWY_EXPORT(ArgMaxImpl);
 
 void RmsNorm(const float* x, const float* weight, float eps, int64_t T, int64_t H, float* y) {
   CHECK_GE(T, 0);
@@ -147,6 +184,11 @@ void Softmax(float* x, int64_t n) {
 double LogSumExp(const float* x, int64_t n) {
   CHECK_GT(n, 0);
   return HWY_DYNAMIC_DISPATCH(LogSumExpImpl)(x, n);
+}
+
+int64_t ArgMax(const float* x, int64_t n) {
+  CHECK_GT(n, 0);
+  return HWY_DYNAMIC_DISPATCH(ArgMaxImpl)(x, n);
 }
 
 void EmbeddingLookup(const WeightMatrix& table, const int32_t* ids, int64_t T, float* out) {
@@ -191,6 +233,14 @@ double LogSumExp(const float* x, int64_t n) {
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - mx);
   return mx + std::log(sum);
+}
+
+int64_t ArgMax(const float* x, int64_t n) {
+  int64_t best = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isnan(x[i]) && (best < 0 || x[i] > x[best])) best = i;
+  }
+  return best < 0 ? 0 : best;
 }
 
 }  // namespace reference

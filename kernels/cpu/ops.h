@@ -35,6 +35,11 @@ void Softmax(float* x, int64_t n);
 // error a few 1e-7: SIMD exp, sums of 1024 values in f32, of those in double).
 double LogSumExp(const float* x, int64_t n);
 
+// The lowest index of the largest value of x[0, n), n >= 1: greedy
+// sampling's choice over a vocabulary of logits. NaNs are passed over (0 when
+// every value is NaN).
+int64_t ArgMax(const float* x, int64_t n);
+
 // Rotary position embedding frequencies, as in Hugging Face transformers
 // (`ROPE_INIT_FUNCTIONS`): default, "linear" and "llama3".
 enum class RopeScaling { kNone, kLinear, kLlama3 };
@@ -80,6 +85,7 @@ void RmsNorm(const float* x, const float* weight, float eps, int64_t T, int64_t 
 void SiluMul(const float* gate, const float* up, float* out, int64_t n);
 void Softmax(float* x, int64_t n);
 double LogSumExp(const float* x, int64_t n);
+int64_t ArgMax(const float* x, int64_t n);
 void ApplyRope(const RopeTable& table, float* x, int64_t T, int heads, const int32_t* positions);
 }  // namespace reference
 

@@ -1,9 +1,10 @@
-// RmsNorm, SiluMul, Softmax, AddInPlace and EmbeddingLookup against their
+// RmsNorm, SiluMul, Softmax, LogSumExp, ArgMax, AddInPlace and EmbeddingLookup against their
 // scalar references over odd sizes and misaligned pointers.
 #include "kernels/cpu/ops.h"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/dtype.h"
@@ -70,6 +71,34 @@ TEST_F(OpsTest, LogSumExpMatchesReference) {
   }
   const float two[] = {0.0f, 0.0f};
   EXPECT_NEAR(reference::LogSumExp(two, 2), std::log(2.0), 1e-12);
+}
+
+TEST_F(OpsTest, ArgMaxMatchesReference) {
+  // Every lane position of the maximum, ties (the lowest index wins) and NaNs
+  // (passed over), up to a vocabulary's size, misaligned.
+  for (int64_t n : {2, 7, 33, 127, 1000, 2048, 128256}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    testing::MisalignedFloats x(n);
+    FillNormal(x.data(), n, 4.0f);
+    EXPECT_EQ(ArgMax(x.data(), n), reference::ArgMax(x.data(), n));
+    const int64_t at = UniformInt(0, n - 2);
+    x[at] = 100.0f;
+    EXPECT_EQ(ArgMax(x.data(), n), at);
+    x[n - 1] = 100.0f;  // a tie later on
+    EXPECT_EQ(ArgMax(x.data(), n), at);
+    x[at] = std::nanf("");
+    EXPECT_EQ(ArgMax(x.data(), n), n - 1);
+    EXPECT_EQ(ArgMax(x.data(), n), reference::ArgMax(x.data(), n));
+  }
+  const float one[] = {-3.0f};
+  EXPECT_EQ(ArgMax(one, 1), 0);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  const float lows[] = {nan, -inf, -inf};
+  EXPECT_EQ(ArgMax(lows, 3), 1);
+  EXPECT_EQ(reference::ArgMax(lows, 3), 1);
+  const float nans[] = {nan, nan};
+  EXPECT_EQ(ArgMax(nans, 2), 0);
+  EXPECT_EQ(reference::ArgMax(nans, 2), 0);
 }
 
 TEST_F(OpsTest, RmsNormReferenceIsTheDefinition) {
