@@ -154,8 +154,9 @@ std::pair<double, double> TimeCalls(double min_seconds, Fn&& fn) {
 }
 
 // Per-call times and per-round roofline fractions of `rounds` rounds, each:
-// the bandwidth now (two probe passes), then call(0) .. call(calls - 1), each
-// timed and each reading `bytes_per_call` bytes.
+// one read of the bandwidth probe, then call(0) .. call(calls - 1), each
+// timed and each reading `bytes_per_call` bytes; a round's fraction is its
+// GB/s over the read's (decode_bench.cc says why reads and work alternate).
 struct PairedRounds {
   std::vector<double> call_s;
   std::vector<double> fractions;
@@ -165,7 +166,7 @@ PairedRounds TimePairedRounds(cpu::BandwidthProbe& probe, int rounds, int64_t ca
                               double bytes_per_call, Fn&& call) {
   PairedRounds out;
   for (int r = 0; r < rounds; ++r) {
-    const double round_bandwidth = probe.Measure(1);
+    const double read_gbps = static_cast<double>(probe.bytes()) / probe.TimeRead() / 1e9;
     double round_s = 0;
     for (int64_t i = 0; i < calls; ++i) {
       const auto start = std::chrono::steady_clock::now();
@@ -175,7 +176,7 @@ PairedRounds TimePairedRounds(cpu::BandwidthProbe& probe, int rounds, int64_t ca
       round_s += out.call_s.back();
     }
     out.fractions.push_back(bytes_per_call * static_cast<double>(calls) / round_s / 1e9 /
-                            round_bandwidth);
+                            read_gbps);
   }
   return out;
 }
@@ -246,7 +247,7 @@ int RunKernels(const KernelsFlags& f) {
 
   cpu::ThreadPool pool(f.threads);
   cpu::BandwidthProbe probe(pool);
-  const double bandwidth = probe.Measure(3);
+  const double bandwidth = probe.ChooseStreaming(5);
   const double peak = cpu::MeasurePeakGflops(pool);
   nlohmann::json out = {{"simd", cpu::SimdTargetName()},
                         {"threads", pool.size()},
@@ -260,7 +261,8 @@ int RunKernels(const KernelsFlags& f) {
     std::printf("\ndecode (T=1): weights streamed per second vs bandwidth; 'cached' is the\n"
                 "fastest call on one copy of the weights, which stays in cache where it fits:\n"
                 "an upper bound of the kernel's compute ceiling (sustained rates are lower)\n");
-    std::printf("%% roof: median over rounds of (round GB/s / bandwidth just before it)\n");
+    std::printf(
+        "%% roof: median over rounds of (round GB/s / GB/s of a probe read just before it)\n");
     std::printf("%-14s %-7s %10s %10s %8s %12s %12s\n", "shape", "dtype", "best ms", "GB/s",
                 "% roof", "median GB/s", "cached GB/s");
   }
@@ -355,7 +357,7 @@ std::function<int()> SetupKernels(CLI::App& sub) {
                  "cached positions of the decode-attention measurement (0 = skip)")
       ->capture_default_str();
   sub.add_option("--rounds", flags->rounds,
-                 "decode rounds per shape and dtype, each after a bandwidth measurement")
+                 "decode rounds per shape and dtype, each after a read of the bandwidth probe")
       ->capture_default_str();
   sub.add_flag("--json", flags->json, "print one JSON object");
   return [flags] { return RunKernels(*flags); };

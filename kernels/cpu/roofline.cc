@@ -1,17 +1,20 @@
 // Machine limits for roofline reports: DRAM read bandwidth and peak f32 FMA
 // throughput, both with the widest SIMD chosen at run time.
+#include "kernels/cpu/roofline.h"
+
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "core/check.h"
 #include "core/tensor.h"
 #include "kernels/cpu/prefetch.h"
-#include "kernels/cpu/roofline.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/roofline.cc"
@@ -173,26 +176,57 @@ double BandwidthProbe::Pass(int64_t ahead, bool to_l2) {
   const double s = Seconds(start, std::chrono::steady_clock::now());
   volatile float keep = sink_[0];
   (void)keep;
-  return static_cast<double>(buffer_.size()) / s / 1e9;
+  return s;
 }
+
+namespace {
+// The ways a probe can read: the hardware prefetchers alone (ahead 0), or
+// every cache line also software-prefetched 1, 2 or 4 KiB ahead into L1 or
+// into L2. Which streams fastest differs between machines and, on a shared
+// one, from minute to minute, by up to 15%.
+struct Streaming {
+  int64_t ahead_floats;
+  bool to_l2;
+};
+constexpr Streaming kStreamings[] = {{0, false},  {256, false},  {256, true}, {512, false},
+                                     {512, true}, {1024, false}, {1024, true}};
+}  // namespace
 
 double BandwidthProbe::Measure(int passes) {
   CHECK(passes >= 1);
-  // Which prefetching streams fastest differs between machines and, on a
-  // shared one, from minute to minute (the hardware prefetchers alone, or
-  // software prefetches into L1 or L2 1-2 KiB or 4 KiB ahead, by up to 15%),
-  // so every pass tries each and the best counts.
-  constexpr int64_t kAheadFloats[] = {256, 512, 1024};  // 1, 2 and 4 KiB
   Pass(0, false);  // wakes the pool's threads and brings the page tables back
-  double best = 0.0;
+  double fastest = std::numeric_limits<double>::infinity();
   for (int i = 0; i < passes; ++i) {
-    best = std::max(best, Pass(0, false));
-    for (int64_t ahead : kAheadFloats) {
-      for (bool to_l2 : {false, true}) best = std::max(best, Pass(ahead, to_l2));
+    for (const Streaming& s : kStreamings)
+      fastest = std::min(fastest, Pass(s.ahead_floats, s.to_l2));
+  }
+  return static_cast<double>(buffer_.size()) / fastest / 1e9;
+}
+
+double BandwidthProbe::ChooseStreaming(int passes) {
+  CHECK(passes >= 1);
+  Pass(0, false);  // as in Measure
+  std::vector<std::vector<double>> seconds(std::size(kStreamings));
+  // In turn, so that a slow moment of the machine falls on every way alike.
+  for (int i = 0; i < passes; ++i) {
+    for (size_t k = 0; k < std::size(kStreamings); ++k) {
+      seconds[k].push_back(Pass(kStreamings[k].ahead_floats, kStreamings[k].to_l2));
     }
   }
-  return best;
+  double best_median = std::numeric_limits<double>::infinity();
+  for (size_t k = 0; k < seconds.size(); ++k) {
+    std::vector<double>& s = seconds[k];
+    std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
+    if (s[s.size() / 2] < best_median) {
+      best_median = s[s.size() / 2];
+      chosen_ahead_floats_ = kStreamings[k].ahead_floats;
+      chosen_to_l2_ = kStreamings[k].to_l2;
+    }
+  }
+  return static_cast<double>(buffer_.size()) / best_median / 1e9;
 }
+
+double BandwidthProbe::TimeRead() { return Pass(chosen_ahead_floats_, chosen_to_l2_); }
 
 double MeasureMemoryBandwidthGBps(ThreadPool& pool) { return BandwidthProbe(pool).Measure(1); }
 

@@ -49,6 +49,12 @@ TEST(BandwidthProbeTest, RoundsToWholeMiBAndMeasures) {
   const double gbps = probe.Measure(2);
   EXPECT_TRUE(std::isfinite(gbps));
   EXPECT_GT(gbps, 0.1);
+  const double median_gbps = probe.ChooseStreaming(3);
+  EXPECT_TRUE(std::isfinite(median_gbps));
+  EXPECT_GT(median_gbps, 0.1);
+  const double seconds = probe.TimeRead();
+  EXPECT_GT(seconds, 0.0);
+  EXPECT_LT(seconds, 10.0);
 }
 
 }  // namespace
