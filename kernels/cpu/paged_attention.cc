@@ -215,7 +215,8 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
   const int64_t blocks = (span + bs - 1) / bs;
   const int64_t stride = blocks * bs;                               // scores per row
   const int64_t rows = tile * group;  // query vectors in the item, row t * group + g
-  // Prefetch every line ahead (kPrefetchBlocks), in the first batch of rows.
+  // A decode item prefetches every line kPrefetchBlocks ahead, in its first
+  // batch of query rows (the later batches find the lines in cache).
   const bool spread = s.q_len == 1;
 
   // Per thread: the scores [rows, stride], then each row's 1 / softmax sum.
@@ -296,8 +297,9 @@ void AttendTile(const float* q, const PagedKv& cache, const AttentionSequence& s
       for (; c0 + 4 * N <= hd; c0 += 4 * N) {
         SumValues<R, 4>(df, cache, s, kvh, span, p_rows, row_inv, c0, out_rows, spread && r0 == 0);
       }
-      for (; c0 + N <= hd; c0 += N)
+      for (; c0 + N <= hd; c0 += N) {
         SumValues<R, 1>(df, cache, s, kvh, span, p_rows, row_inv, c0, out_rows, spread && r0 == 0);
+      }
       for (; c0 < hd; ++c0) {  // head_dim not a multiple of the vector width
         for (int r = 0; r < R; ++r) {
           float acc = 0.0f;

@@ -197,8 +197,9 @@ double BandwidthProbe::Measure(int passes) {
   Pass(0, false);  // wakes the pool's threads and brings the page tables back
   double fastest = std::numeric_limits<double>::infinity();
   for (int i = 0; i < passes; ++i) {
-    for (const Streaming& s : kStreamings)
+    for (const Streaming& s : kStreamings) {
       fastest = std::min(fastest, Pass(s.ahead_floats, s.to_l2));
+    }
   }
   return static_cast<double>(buffer_.size()) / fastest / 1e9;
 }
