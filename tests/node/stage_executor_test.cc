@@ -167,11 +167,12 @@ TEST(StageExecutorTest, QuantizedWeightsStayClose) {
   fs::path model = MakeModel("quant", "--preset tiny-llama --dtype bf16 --seed 11 --tied");
   auto ref = Pipeline(model, Options(1, 1));
   ASSERT_TRUE(ref);
-  // The median error over several random prompts: one prompt's error varies
-  // by 3x between prompts (int4: 0.28-0.81 over 30 prompts, median 0.4).
+  // The median error over 15 random prompts: one prompt's error varies by 3x
+  // between prompts (int4: 0.28-0.81 over 30 prompts, median 0.4), and the
+  // median of 5 (0.34-0.52 over 60 runs) once came to 0.65.
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::vector<float>> expected;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 15; ++i) {
     prompts.push_back(RandomTokens(16, ref->spec().vocab_size));
     expected.push_back(Generate(*ref, prompts.back(), 64, 0));
   }
