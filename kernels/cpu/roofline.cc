@@ -192,21 +192,9 @@ constexpr Streaming kStreamings[] = {{0, false},  {256, false},  {256, true}, {5
                                      {512, true}, {1024, false}, {1024, true}};
 }  // namespace
 
-double BandwidthProbe::Measure(int passes) {
+std::vector<std::vector<double>> BandwidthProbe::ReadEachWay(int passes) {
   CHECK(passes >= 1);
   Pass(0, false);  // wakes the pool's threads and brings the page tables back
-  double fastest = std::numeric_limits<double>::infinity();
-  for (int i = 0; i < passes; ++i) {
-    for (const Streaming& s : kStreamings) {
-      fastest = std::min(fastest, Pass(s.ahead_floats, s.to_l2));
-    }
-  }
-  return static_cast<double>(buffer_.size()) / fastest / 1e9;
-}
-
-double BandwidthProbe::ChooseStreaming(int passes) {
-  CHECK(passes >= 1);
-  Pass(0, false);  // as in Measure
   std::vector<std::vector<double>> seconds(std::size(kStreamings));
   // In turn, so that a slow moment of the machine falls on every way alike.
   for (int i = 0; i < passes; ++i) {
@@ -214,6 +202,19 @@ double BandwidthProbe::ChooseStreaming(int passes) {
       seconds[k].push_back(Pass(kStreamings[k].ahead_floats, kStreamings[k].to_l2));
     }
   }
+  return seconds;
+}
+
+double BandwidthProbe::Measure(int passes) {
+  double fastest = std::numeric_limits<double>::infinity();
+  for (const std::vector<double>& way : ReadEachWay(passes)) {
+    fastest = std::min(fastest, *std::min_element(way.begin(), way.end()));
+  }
+  return static_cast<double>(buffer_.size()) / fastest / 1e9;
+}
+
+double BandwidthProbe::ChooseStreaming(int passes) {
+  std::vector<std::vector<double>> seconds = ReadEachWay(passes);
   double best_median = std::numeric_limits<double>::infinity();
   for (size_t k = 0; k < seconds.size(); ++k) {
     std::vector<double>& s = seconds[k];

@@ -61,6 +61,9 @@ class BandwidthProbe {
  private:
   // Seconds of one read; ahead 0: no software prefetch.
   double Pass(int64_t ahead_floats, bool to_l2);
+  // Seconds of `passes` reads with each way of prefetching (kStreamings in
+  // roofline.cc), taken in turn, after one unmeasured read; [way][pass].
+  std::vector<std::vector<double>> ReadEachWay(int passes);
 
   ThreadPool& pool_;
   AlignedBuffer buffer_;
